@@ -1,0 +1,171 @@
+"""`bench`: list registries, run suites, print tables, open the MLflow UI."""
+from __future__ import annotations
+
+import time
+from enum import Enum
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from benchmark.config import ConfigError
+from benchmark.registry import UnknownNameError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Benchmark harness for semi-supervised medical image segmentation.")
+console = Console()
+err = Console(stderr=True)
+
+
+class Listing(str, Enum):
+    methods = "methods"
+    datasets = "datasets"
+    suites = "suites"
+
+
+class Format(str, Enum):
+    markdown = "markdown"
+    latex = "latex"
+    csv = "csv"
+
+
+def _fail(message: str, code: int = 2) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def _csv(text: Optional[str], cast=str) -> Optional[list]:
+    if text is None:
+        return None
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    try:
+        return [cast(t) for t in items]
+    except ValueError:
+        _fail(f"could not read {text!r} as a comma-separated list of {cast.__name__}")
+
+
+@app.command("ls")
+def ls(kind: Listing = typer.Argument(..., help="methods, datasets or suites")) -> None:
+    """List registered methods, dataset cards or suites with a one-line description."""
+    from benchmark import catalog
+
+    try:
+        rows = catalog.describe(kind.value)
+    except (ConfigError, UnknownNameError) as exc:
+        _fail(str(exc))
+    table = Table(show_header=True, header_style="bold")
+    table.add_column(kind.value[:-1])
+    table.add_column("description")
+    for name, description in rows:
+        table.add_row(name, description)
+    console.print(table)
+
+
+@app.command()
+def run(
+    suite: str = typer.Option(..., "--suite", "-s", help="suite name (bench ls suites) or path to a suite YAML"),
+    methods: Optional[str] = typer.Option(None, help="comma-separated method names, or 'all' (default: the suite's)"),
+    seeds: Optional[str] = typer.Option(None, help="comma-separated seeds (default: the suite's)"),
+    iterations: Optional[int] = typer.Option(None, help="override the suite's training iterations"),
+    data_root: Optional[Path] = typer.Option(None, help="folder holding real datasets (default: $BENCH_DATA_ROOT)"),
+    tracking_uri: Optional[str] = typer.Option(None, help="MLflow URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)"),
+    no_track: bool = typer.Option(False, "--no-track", help="do not log to MLflow (finished trials found via run dirs)"),
+    executor: str = typer.Option("local", help="where trials run: local (in this process)"),
+    work_dir: Path = typer.Option(Path("bench_runs"), help="checkpoints and per-trial files"),
+    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1 ..."),
+    force: bool = typer.Option(False, "--force", help="retrain trials that already finished"),
+) -> None:
+    """Train and test every method x labeled setting x seed of a suite; finished trials are skipped."""
+    from benchmark import catalog
+    from benchmark.run.local import run_local
+    from benchmark.run.trials import expand
+
+    if executor != "local":
+        _fail(f"unknown executor {executor!r}; valid executors: local")
+    try:
+        spec = catalog.get_suite(suite)
+        method_list = _csv(methods)
+        trials = expand(spec, methods=None if method_list == ["all"] and spec.methods == "all" else method_list,
+                        seeds=_csv(seeds, int), iterations=iterations, data_root=data_root)
+        tracker = None
+        if not no_track:
+            from benchmark.track import Tracker
+
+            tracker = Tracker(spec.name, tracking_uri)
+    except (ConfigError, UnknownNameError) as exc:
+        _fail(str(exc))
+    console.print(f"[bold]{spec.name}[/]: {len(trials)} trial(s) on {trials[0].card.name}"
+                  + ("" if tracker is None else f", tracking to {tracker.uri}"))
+    start = time.perf_counter()
+
+    def report(o) -> None:
+        colour = {"FINISHED": "green", "SKIPPED": "yellow", "FAILED": "red"}[o.status]
+        summary = ""
+        if o.summary:
+            ckpt = o.trial.protocol.checkpoint
+            summary = (f" test[{ckpt}] Dice {100 * o.summary[f'test/{ckpt}/dice']:.2f}"
+                       f" HD95 {o.summary[f'test/{ckpt}/hd95']:.2f}, {o.summary['steps_per_second']:.2f} steps/s")
+        console.print(f"[{colour}]{o.status:8}[/] {o.trial.name} ({o.trial.config_hash}){summary} {o.detail}",
+                      highlight=False)
+
+    outcomes = run_local(trials, work_dir.resolve(), tracker, data_root, device, progress=True,
+                         force=force, on_outcome=report)
+    failed = [o for o in outcomes if o.status == "FAILED"]
+    console.print(f"done in {time.perf_counter() - start:.1f} s: "
+                  + ", ".join(f"{sum(o.status == s for o in outcomes)} {s.lower()}" for s in ("FINISHED", "SKIPPED", "FAILED")))
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def table(
+    suite: str = typer.Option(..., "--suite", "-s", help="suite name or path"),
+    format: Format = typer.Option(Format.markdown, "--format", "-f", help="markdown, latex or csv"),
+    out: Optional[Path] = typer.Option(None, help="write to this file instead of stdout"),
+    checkpoint: Optional[str] = typer.Option(None, help="best_val or last (default: the suite's protocol)"),
+    per_class: bool = typer.Option(False, "--per-class", help="add per-class columns"),
+    tracking_uri: Optional[str] = typer.Option(None, help="MLflow URI (default as for run)"),
+) -> None:
+    """Print the suite's results table from MLflow (finished runs only)."""
+    from benchmark import catalog
+    from benchmark.config import CHECKPOINT_RULES
+    from benchmark.report.tables import TableContext, render, runs_to_long
+    from benchmark.track import Tracker
+
+    try:
+        spec = catalog.get_suite(suite)
+        card = catalog.get_card(spec.dataset)
+    except (ConfigError, UnknownNameError) as exc:
+        _fail(str(exc))
+    protocol = card.evaluation
+    ckpt = checkpoint or spec.protocol.get("checkpoint", protocol.checkpoint)
+    if ckpt not in CHECKPOINT_RULES:
+        _fail(f"unknown checkpoint {ckpt!r}; valid: {', '.join(CHECKPOINT_RULES)}")
+    frame = Tracker(spec.name, tracking_uri).finished_frame()
+    if frame.empty:
+        _fail(f"no finished runs for suite {spec.name!r} in this tracking store; run `bench run --suite {spec.name}` first", 1)
+    long = runs_to_long(frame, ckpt)
+    hd = spec.protocol.get("hd_units", protocol.hd_units)
+    desc = f"checkpoint={ckpt}, HD95/ASD in {hd}s, empty prediction -> " \
+           f"{spec.protocol.get('empty_prediction', protocol.empty_prediction)}, test split={protocol.test_split}"
+    text = render(long, format.value, TableContext(card.name, desc, hd, ckpt, card.classes), per_class=per_class)
+    if out:
+        out.write_text(text)
+        console.print(f"wrote {out}")
+    else:
+        print(text)
+
+
+@app.command()
+def ui(port: int = typer.Option(5000, help="port on 127.0.0.1"),
+       tracking_uri: Optional[str] = typer.Option(None, help="MLflow URI (default as for run)")) -> None:
+    """Open the MLflow UI for the tracking store, bound to 127.0.0.1."""
+    from benchmark.track import launch_ui
+
+    raise typer.Exit(launch_ui(tracking_uri, port))
+
+
+if __name__ == "__main__":
+    app()

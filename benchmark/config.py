@@ -1,0 +1,305 @@
+"""Typed configuration: dataset cards, suites, the Trainer's settings, and the stable trial hash.
+
+Everything a user writes (YAML cards and suites, CLI overrides) is validated here, before any training
+starts, and every error names the file, the field and the fix.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from benchmark import REPO_ROOT, __version__
+
+
+class ConfigError(ValueError):
+    """A user-facing configuration problem: one message that names the file, the field and the fix."""
+
+
+# --------------------------------------------------------------------------------------------- helpers
+def read_yaml(path: Path) -> dict[str, Any]:
+    """Parse a YAML mapping, turning syntax errors into a ConfigError that names the file."""
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: malformed YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a YAML mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def build_dataclass(cls: type, values: Mapping[str, Any], where: str) -> Any:
+    """Instantiate dataclass `cls` from `values`, rejecting unknown keys and wrong types by name."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ConfigError(f"{where}: unknown field(s) {', '.join(unknown)}; valid fields: {', '.join(fields)}")
+    kwargs = {}
+    for key, value in values.items():
+        kind = type(getattr(cls(), key)) if _has_default(fields[key]) else None
+        kwargs[key] = _coerce(value, kind, f"{where}.{key}")
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def _has_default(f: dataclasses.Field) -> bool:
+    return f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+
+
+def _coerce(value: Any, kind: type | None, where: str) -> Any:
+    if kind is None or kind is type(None) or value is None or isinstance(value, kind):
+        return value
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    raise ConfigError(f"{where}: expected {kind.__name__}, got {value!r}")
+
+
+def stable_hash(obj: Any, length: int = 12) -> str:
+    """A short sha256 of a JSON-able object with sorted keys: the identity of a resolved config."""
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:length]
+
+
+def _choice(value: str, valid: tuple[str, ...], where: str) -> str:
+    if value not in valid:
+        raise ConfigError(f"{where}: must be one of {', '.join(valid)} (got {value!r})")
+    return value
+
+
+# ---------------------------------------------------------------------------------------- dataset card
+EMPTY_POLICIES = ("zero", "nan", "error")
+CHECKPOINT_RULES = ("best_val", "last")
+HD_UNITS = ("voxel", "mm")
+FORMATS = ("ssl4mis-h5",)
+
+
+@dataclass(frozen=True)
+class EvaluationProtocol:
+    """How a card's test metrics are computed; every field is printed with the results."""
+
+    inference: str = "slice2d"          # slice-wise 2D prediction of a 3D volume
+    resize: str = "nearest"             # slice -> patch -> back, scipy zoom order 0 (SSL4MIS)
+    classes: tuple[int, ...] = (1, 2, 3)  # foreground classes scored, mean over them
+    hd_units: str = "voxel"             # every reference script passes no spacing (PROTOCOLS.md §5.4)
+    spacing: tuple[float, ...] | None = None
+    empty_prediction: str = "zero"      # SS-Net/BCP/CML test_ACDC.py: empty prediction -> all metrics 0
+    postprocess: str = "none"
+    checkpoint: str = "best_val"        # which checkpoint the table reports (both are always tested)
+    val_split: str = "val"
+    test_split: str = "test"
+
+    def validate(self, where: str, num_classes: int) -> None:
+        _choice(self.inference, ("slice2d",), f"{where}.inference")
+        _choice(self.resize, ("nearest",), f"{where}.resize")
+        _choice(self.hd_units, HD_UNITS, f"{where}.hd_units")
+        _choice(self.empty_prediction, EMPTY_POLICIES, f"{where}.empty_prediction")
+        _choice(self.postprocess, ("none",), f"{where}.postprocess")
+        _choice(self.checkpoint, CHECKPOINT_RULES, f"{where}.checkpoint")
+        bad = [c for c in self.classes if not 0 < int(c) < num_classes]
+        if bad or not self.classes:
+            raise ConfigError(f"{where}.classes: foreground classes must lie in 1..{num_classes - 1} (got {list(self.classes)})")
+        if self.hd_units == "mm" and not self.spacing:
+            raise ConfigError(f"{where}: hd_units is 'mm' but no spacing is given; set evaluation.spacing or use hd_units: voxel")
+
+    def describe(self) -> str:
+        return (f"checkpoint={self.checkpoint}, HD95/ASD in {self.hd_units}s, empty prediction -> {self.empty_prediction}, "
+                f"{self.inference} {self.resize} resize, split={self.test_split}")
+
+
+@dataclass(frozen=True)
+class LabeledRule:
+    """How 'K labeled' maps to rows of the training list: the first rows covering K patients."""
+
+    unit: str = "patient"
+    patient_pattern: str = r"^(patient\d+)_"
+    table: dict[int, int] = field(default_factory=dict)   # patients -> slices, checked against the list
+    aliases: dict[str, int] = field(default_factory=dict)  # paper names ("3%", "5%") -> patients
+
+    def patients(self, setting: int | str, where: str) -> int:
+        """Resolve a labeled setting (patient count or paper alias) to a patient count."""
+        if isinstance(setting, int) and not isinstance(setting, bool):
+            return setting
+        text = str(setting).strip()
+        if text.isdigit():
+            return int(text)
+        if text in self.aliases:
+            return self.aliases[text]
+        raise ConfigError(f"{where}: unknown labeled setting {setting!r}; use a patient count or one of "
+                          f"{', '.join(f'{k} (= {v} patients)' for k, v in self.aliases.items()) or 'no aliases'}")
+
+
+@dataclass(frozen=True)
+class DatasetCard:
+    name: str
+    description: str
+    path: Path
+    format: str
+    root: str | None
+    classes: tuple[str, ...]
+    splits: dict[str, str]
+    labeled: LabeledRule
+    evaluation: EvaluationProtocol
+    in_channels: int = 1
+    citation: str = ""
+    generator: dict[str, Any] | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The card's content for hashing and logging (no machine paths)."""
+        d = dataclasses.asdict(self)
+        d.pop("path")
+        return d
+
+
+def load_card(path: Path) -> DatasetCard:
+    """Read and validate a dataset card."""
+    path = Path(path)
+    raw = read_yaml(path)
+    where = str(path)
+    required = ("name", "format", "classes", "splits", "evaluation")
+    missing = [k for k in required if k not in raw]
+    if missing:
+        raise ConfigError(f"{where}: missing required field(s) {', '.join(missing)}; see datasets/acdc.yaml for a complete card")
+    known = {"name", "description", "citation", "format", "root", "generator", "in_channels", "classes",
+             "splits", "labeled", "evaluation"}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown field(s) {', '.join(unknown)}; valid fields: {', '.join(sorted(known))}")
+    _choice(raw["format"], FORMATS, f"{where}: format")
+    classes = raw["classes"]
+    if not isinstance(classes, list) or len(classes) < 2:
+        raise ConfigError(f"{where}: classes must be a list of at least 2 names, background first (got {classes!r})")
+    if raw.get("root") is None and raw.get("generator") is None:
+        raise ConfigError(f"{where}: give either root (a folder under BENCH_DATA_ROOT) or generator (synthetic data)")
+    splits = raw["splits"]
+    if not isinstance(splits, dict) or not {"train", "val", "test"} <= set(splits):
+        raise ConfigError(f"{where}: splits must map train, val and test to list files (got {splits!r})")
+    lab = dict(raw.get("labeled") or {})
+    lab["table"] = {int(k): int(v) for k, v in (lab.get("table") or {}).items()}
+    lab["aliases"] = {str(k): int(v) for k, v in (lab.get("aliases") or {}).items()}
+    labeled = build_dataclass(LabeledRule, lab, f"{where}: labeled")
+    ev = dict(raw["evaluation"] or {})
+    if "classes" in ev:
+        ev["classes"] = tuple(int(c) for c in ev["classes"])
+    if ev.get("spacing") is not None:
+        ev["spacing"] = tuple(float(s) for s in ev["spacing"])
+    evaluation = build_dataclass(EvaluationProtocol, ev, f"{where}: evaluation")
+    evaluation.validate(f"{where}: evaluation", len(classes))
+    return DatasetCard(
+        name=str(raw["name"]), description=str(raw.get("description", "")).strip(), path=path,
+        format=raw["format"], root=raw.get("root"), classes=tuple(map(str, classes)),
+        splits={k: str(v) for k, v in splits.items()}, labeled=labeled, evaluation=evaluation,
+        in_channels=int(raw.get("in_channels", 1)), citation=str(raw.get("citation", "")).strip(),
+        generator=raw.get("generator"),
+    )
+
+
+def data_root(override: str | Path | None = None) -> Path:
+    """Where real datasets live: --data-root, else $BENCH_DATA_ROOT, else ./data."""
+    return Path(override or os.environ.get("BENCH_DATA_ROOT") or "data").expanduser().resolve()
+
+
+def cache_root() -> Path:
+    """Where generated data is written once: $BENCH_CACHE_DIR, else ~/.cache/ssl-medseg-bench."""
+    return Path(os.environ.get("BENCH_CACHE_DIR") or Path.home() / ".cache" / "ssl-medseg-bench").expanduser()
+
+
+# ----------------------------------------------------------------------------------- training settings
+@dataclass(frozen=True)
+class TrainConfig:
+    """The Trainer's settings. Defaults are SSL4MIS's ACDC defaults (PROTOCOLS.md §0.6, §3.1)."""
+
+    iterations: int = 30000
+    batch_size: int = 24
+    labeled_batch_size: int = 12
+    patch_size: int = 256
+    network: str = "unet"
+    optimizer: str = "sgd"
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    lr_schedule: str = "poly"        # poly (SSL4MIS, UniMatch) | constant (BCP, SS-Net, CML) | step
+    poly_power: float = 0.9
+    step_size: int = 2500            # for lr_schedule=step (LA protocol: x0.1 every 2500)
+    augmentation: str = "ssl4mis-2021"
+    eval_every: int = 200
+    checkpoint_every: int = 1000
+    log_every: int = 50
+    num_workers: int = 2
+    amp: str = "auto"                # auto: bf16 autocast on CUDA, fp32 on CPU | off
+
+    def validate(self, where: str) -> None:
+        if self.iterations < 1:
+            raise ConfigError(f"{where}.iterations must be >= 1 (got {self.iterations})")
+        if not 0 < self.labeled_batch_size <= self.batch_size:
+            raise ConfigError(f"{where}: need 0 < labeled_batch_size <= batch_size "
+                              f"(got {self.labeled_batch_size} and {self.batch_size})")
+        if self.patch_size % 16:
+            raise ConfigError(f"{where}.patch_size must be a multiple of 16 for the 4 poolings (got {self.patch_size})")
+        _choice(self.optimizer, ("sgd", "adam", "adamw"), f"{where}.optimizer")
+        _choice(self.lr_schedule, ("poly", "constant", "step"), f"{where}.lr_schedule")
+        _choice(self.amp, ("auto", "off"), f"{where}.amp")
+        for name in ("eval_every", "checkpoint_every", "log_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{where}.{name} must be >= 1")
+
+
+# ------------------------------------------------------------------------------------------------ suite
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    description: str
+    dataset: str
+    labeled: tuple[int | str, ...]
+    methods: tuple[str, ...] | str
+    seeds: tuple[int, ...]
+    train: dict[str, Any]
+    method_config: dict[str, dict[str, Any]]
+    protocol: dict[str, Any]
+    path: Path | None = None
+
+
+def load_suite(path: Path) -> Suite:
+    """Read a suite YAML; names inside are resolved later (registry), values validated at expansion."""
+    raw = read_yaml(path)
+    where = str(path)
+    known = {"name", "description", "dataset", "labeled", "methods", "seeds", "train", "method_config", "protocol"}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown field(s) {', '.join(unknown)}; valid fields: {', '.join(sorted(known))}")
+    missing = [k for k in ("name", "dataset", "labeled", "methods", "seeds") if k not in raw]
+    if missing:
+        raise ConfigError(f"{where}: missing required field(s) {', '.join(missing)}")
+    methods = raw["methods"]
+    if methods != "all" and not (isinstance(methods, list) and methods):
+        raise ConfigError(f"{where}: methods must be 'all' or a non-empty list of method names")
+    seeds = raw["seeds"]
+    if not (isinstance(seeds, list) and seeds and all(isinstance(s, int) for s in seeds)):
+        raise ConfigError(f"{where}: seeds must be a non-empty list of integers (got {seeds!r})")
+    labeled = raw["labeled"] if isinstance(raw["labeled"], list) else [raw["labeled"]]
+    return Suite(
+        name=str(raw["name"]), description=str(raw.get("description", "")).strip(), dataset=str(raw["dataset"]),
+        labeled=tuple(labeled), methods=methods if methods == "all" else tuple(methods), seeds=tuple(seeds),
+        train=dict(raw.get("train") or {}), method_config=dict(raw.get("method_config") or {}),
+        protocol=dict(raw.get("protocol") or {}), path=Path(path),
+    )
+
+
+HARNESS_VERSION = __version__
+DATASETS_DIR = REPO_ROOT / "datasets"
+SUITES_DIR = Path(__file__).resolve().parent / "suites"

@@ -1,0 +1,1 @@
+"""Data: formats, synthetic generators, labeled/unlabeled sampling, augmentation."""

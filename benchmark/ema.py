@@ -1,0 +1,19 @@
+"""The EMA teacher update shared by Mean Teacher and its descendants."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+@torch.no_grad()
+def ema_update(teacher: nn.Module, student: nn.Module, decay: float, step: int) -> None:
+    """teacher <- a * teacher + (1 - a) * student over parameters, a = min(1 - 1/(step + 1), decay).
+
+    The warm-up term makes the teacher a copy of the student at step 0 (SSL4MIS `update_ema_variables`).
+    Buffers (BN statistics) are not averaged: the teacher keeps its own, as in SSL4MIS.
+    """
+    alpha = min(1.0 - 1.0 / (step + 1), decay)
+    t_params = [p for p in teacher.parameters()]
+    s_params = [p.detach() for p in student.parameters()]
+    torch._foreach_mul_(t_params, alpha)
+    torch._foreach_add_(t_params, s_params, alpha=1.0 - alpha)

@@ -1,0 +1,26 @@
+"""Losses shared by the methods (SSL4MIS `utils/losses.py` semantics, written from PROTOCOLS.md §3.1)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def dice_loss(probs: torch.Tensor, target: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """Soft Dice of softmax `probs` (B,C,H,W) against integer `target` (B,H,W), mean over ALL classes
+    (background included): 1 - (2 sum(p t) + eps) / (sum(p^2) + sum(t^2) + eps), per class over the batch."""
+    onehot = F.one_hot(target.long(), probs.shape[1]).permute(0, 3, 1, 2).to(probs.dtype)
+    dims = (0, 2, 3)
+    intersect = (probs * onehot).sum(dims)
+    denom = (probs * probs).sum(dims) + onehot.sum(dims)
+    return (1 - (2 * intersect + eps) / (denom + eps)).mean()
+
+
+def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The supervised loss of every SSL4MIS-family method: 0.5 * (CE + Dice)."""
+    logits = logits.float()
+    return 0.5 * (F.cross_entropy(logits, target.long()) + dice_loss(logits.softmax(1), target))
+
+
+def softmax_mse(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """Mean squared difference of the two softmax maps (Mean Teacher's consistency)."""
+    return F.mse_loss(student_logits.float().softmax(1), teacher_logits.float().softmax(1))

@@ -1,0 +1,15 @@
+"""Shared backbones. `build_network(name, in_channels, num_classes)` is the one way methods get them."""
+from __future__ import annotations
+
+from torch import nn
+
+from benchmark.nets.unet import UNet2D
+from benchmark.registry import Registry
+
+NETWORKS: Registry[type[nn.Module]] = Registry("network")
+NETWORKS.add("unet", UNet2D, "SSL4MIS UNet-2D: 5 levels, 16..256 channels, encoder dropout, bilinear up (~1.8 M params)")
+
+
+def build_network(name: str, in_channels: int, num_classes: int) -> nn.Module:
+    """Instantiate a registered backbone by name."""
+    return NETWORKS.get(name)(in_channels=in_channels, num_classes=num_classes)

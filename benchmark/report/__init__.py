@@ -1,0 +1,1 @@
+"""Reports from the run store: tables (Markdown / LaTeX / CSV); figures come later."""

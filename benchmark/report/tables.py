@@ -1,0 +1,161 @@
+"""Paper-style tables: mean +- std over seeds, best bold, second underlined, the protocol in the header.
+
+Pure pandas: `runs_to_long` takes the frame of finished MLflow runs (`Tracker.finished_frame`), the rest works
+on that long table, so tables are testable without MLflow.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import pandas as pd
+
+from benchmark.metrics import HIGHER_IS_BETTER, METRICS
+
+PERCENT = {"dice", "jaccard"}  # shown x100 as in the papers
+LABELS = {"dice": "Dice", "jaccard": "Jaccard", "hd95": "HD95", "asd": "ASD"}
+
+
+@dataclass(frozen=True)
+class TableContext:
+    """What the header states: dataset, protocol, units."""
+
+    dataset: str
+    protocol: str
+    hd_units: str
+    checkpoint: str
+    classes: tuple[str, ...] = ()   # order of the per-class columns
+
+
+def runs_to_long(frame: pd.DataFrame, checkpoint: str) -> pd.DataFrame:
+    """One row per finished run: method, labeled_patients, labeled_rows, seed and the metrics of `checkpoint`."""
+    if frame.empty:
+        return pd.DataFrame(columns=["method", "labeled_patients", "labeled_rows", "seed", *METRICS])
+    prefix = f"metrics.test/{checkpoint}/"
+    out = pd.DataFrame({
+        "method": frame["tags.method"].astype(str),
+        "labeled_patients": frame["tags.labeled_patients"].astype(int),
+        "labeled_rows": frame["tags.labeled_rows"].astype(int),
+        "seed": frame["tags.seed"].astype(int),
+    })
+    for col in frame.columns:
+        if col.startswith(prefix) and not col.endswith("nan_count"):
+            out[col[len(prefix):]] = frame[col].astype(float)
+    return out.reset_index(drop=True)
+
+
+def aggregate(long: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """mean, std (ddof=1) and n over seeds, per (labeled_patients, labeled_rows, method), in first-seen order."""
+    keys = ["labeled_patients", "labeled_rows", "method"]
+    grouped = long.groupby(keys, sort=False)[columns]
+    agg = grouped.agg(["mean", "std"])
+    agg[("n", "")] = grouped.size()
+    return agg.sort_index(level=0, sort_remaining=False)
+
+
+def _scale(metric: str) -> float:
+    return 100.0 if metric.split("/")[0] in PERCENT else 1.0
+
+
+def _header(metric: str, hd_units: str) -> str:
+    base, _, cls = metric.partition("/")
+    unit = "%" if base in PERCENT else hd_units
+    arrow = "↑" if HIGHER_IS_BETTER[base] else "↓"
+    return f"{LABELS[base]}{' ' + cls if cls else ''} ({unit}) {arrow}"
+
+
+def ranks(means: pd.Series, metric: str) -> pd.Series:
+    """1 = best, 2 = second (ties share the better rank), by the numeric means."""
+    return means.rank(ascending=not HIGHER_IS_BETTER[metric.split("/")[0]], method="min")
+
+
+def _cell(mean: float, std: float, scale: float) -> tuple[str, str]:
+    if math.isnan(mean):
+        return "–", "–"
+    m = f"{mean * scale:.2f}"
+    if math.isnan(std):
+        return m, m
+    return f"{m} ± {std * scale:.2f}", f"{m} $\\pm$ {std * scale:.2f}"
+
+
+def _blocks(agg: pd.DataFrame, columns: list[str]):
+    """Per labeled setting: (patients, rows, list of (method, n, {metric: (plain, latex, rank)}))."""
+    for (patients, rows), block in agg.groupby(level=[0, 1], sort=False):
+        block = block.droplevel([0, 1])
+        rk = {m: ranks(block[(m, "mean")], m) for m in columns}
+        lines = []
+        for method in block.index:
+            cells = {}
+            for m in columns:
+                plain, tex = _cell(block.loc[method, (m, "mean")], block.loc[method, (m, "std")], _scale(m))
+                cells[m] = (plain, tex, rk[m][method])
+            lines.append((method, int(block.loc[method, ("n", "")]), cells))
+        yield int(patients), int(rows), lines
+
+
+def caption(ctx: TableContext, patients: int, rows: int, n_values: set[int]) -> str:
+    n = "/".join(str(v) for v in sorted(n_values))
+    return (f"{ctx.dataset}, {patients} labeled patients ({rows} slices); mean ± std over n={n} seeds; "
+            f"protocol: {ctx.protocol}")
+
+
+def to_markdown(agg: pd.DataFrame, columns: list[str], ctx: TableContext) -> str:
+    out = []
+    for patients, rows, lines in _blocks(agg, columns):
+        out.append(f"**{caption(ctx, patients, rows, {n for _, n, _ in lines})}**\n")
+        out.append("| Method | " + " | ".join(_header(m, ctx.hd_units) for m in columns) + " | n |")
+        out.append("|---|" + "---:|" * len(columns) + "---:|")
+        for method, n, cells in lines:
+            shown = []
+            for m in columns:
+                plain, _, r = cells[m]
+                shown.append(f"**{plain}**" if r == 1 else f"<u>{plain}</u>" if r == 2 else plain)
+            out.append(f"| {method} | " + " | ".join(shown) + f" | {n} |")
+        out.append("")
+    return "\n".join(out)
+
+
+def to_latex(agg: pd.DataFrame, columns: list[str], ctx: TableContext) -> str:
+    """booktabs tables through pandas Styler; best \\textbf, second \\underline."""
+    out = []
+    for patients, rows, lines in _blocks(agg, columns):
+        headers = [_header(m, ctx.hd_units).replace("%", r"\%").replace("↑", r"$\uparrow$").replace("↓", r"$\downarrow$")
+                   for m in columns]
+        data = pd.DataFrame([[method, *(cells[m][1] for m in columns), n] for method, n, cells in lines],
+                            columns=["Method", *headers, "n"])
+        rank_frame = pd.DataFrame([[0, *(cells[m][2] for m in columns), 0] for _, _, cells in lines],
+                                  columns=data.columns)
+
+        def style(col: pd.Series) -> list[str]:
+            return ["textbf:--rwrap;" if r == 1 else "underline:--rwrap;" if r == 2 else ""
+                    for r in rank_frame[col.name]]
+
+        styler = data.style.hide(axis="index").apply(style, axis=0, subset=headers)
+        styler = styler.format(escape="latex", subset=["Method"])
+        cap = caption(ctx, patients, rows, {n for _, n, _ in lines}).replace("±", r"$\pm$").replace("_", r"\_")
+        out.append(styler.to_latex(hrules=True, column_format="l" + "c" * (len(columns) + 1), caption=cap,
+                                   label=f"tab:{ctx.dataset}-{patients}p", position_float="centering"))
+    return "\n".join(out)
+
+
+def to_csv(agg: pd.DataFrame, columns: list[str]) -> str:
+    flat = agg.copy()
+    flat.columns = [f"{m}_{s}" if s else m for m, s in flat.columns]
+    return flat.reset_index().to_csv(index=False)
+
+
+def render(long: pd.DataFrame, fmt: str, ctx: TableContext, per_class: bool = False) -> str:
+    """The table of a suite in `fmt` (markdown, latex, csv)."""
+    columns = [m for m in METRICS if m in long]
+    if per_class:
+        order = {name: i for i, name in enumerate(ctx.classes)}
+        extra = [c for c in long.columns if "/" in c and c.split("/")[0] in METRICS]
+        columns += sorted(extra, key=lambda c: (METRICS.index(c.split("/")[0]), order.get(c.split("/")[1], 99), c))
+    agg = aggregate(long, columns)
+    if fmt == "markdown":
+        return to_markdown(agg, columns, ctx)
+    if fmt == "latex":
+        return to_latex(agg, columns, ctx)
+    if fmt == "csv":
+        return to_csv(agg, columns)
+    raise ValueError(f"unknown format {fmt!r}; valid formats: markdown, latex, csv")

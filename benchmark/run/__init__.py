@@ -1,0 +1,1 @@
+"""Trial expansion (suite -> method x labeled x seed) and executors (local now; Ray in `run/ray_executor`)."""

@@ -1,0 +1,114 @@
+"""Run trials in this process, one after another: the executor that needs nothing but torch.
+
+Each trial: skip if its hash already FINISHED (MLflow, or a result.json in its run dir when untracked);
+else train (resuming from its run dir's last.pt), test, log, and mark FINISHED. A trial that raises is
+marked FAILED with its reason and the others still run.
+"""
+from __future__ import annotations
+
+import json
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import yaml
+
+from benchmark import catalog
+from benchmark.data.dataset import load_dataset
+from benchmark.run.trials import Trial
+from benchmark.train import CHECKPOINTS, Trainer, pick_device
+
+
+@dataclass
+class Outcome:
+    trial: Trial
+    status: str          # FINISHED | SKIPPED | FAILED
+    detail: str = ""
+    summary: dict | None = None
+
+
+def run_dir_of(trial: Trial, work_dir: Path) -> Path:
+    return Path(work_dir) / trial.suite / f"{trial.name}-{trial.config_hash}"
+
+
+def tags_of(trial: Trial, device: str) -> dict[str, str]:
+    p = trial.protocol
+    return {"method": trial.method, "dataset": trial.card.name, "labeled_patients": str(trial.labeled_patients),
+            "labeled_rows": str(trial.labeled_rows), "seed": str(trial.seed), "suite": trial.suite,
+            "config_hash": trial.config_hash, "device": device, "checkpoint_rule": p.checkpoint,
+            "hd_units": p.hd_units, "empty_prediction": p.empty_prediction, "protocol": p.describe()}
+
+
+def run_trial(trial: Trial, work_dir: Path, tracker=None, data_root: str | Path | None = None,
+              device: str = "auto", progress: bool = True) -> Outcome:
+    """Train and test one trial (resuming when its run dir holds a checkpoint)."""
+    run_dir = run_dir_of(trial, work_dir)
+    result_file = run_dir / "result.json"
+    if tracker is not None and tracker.finished_run_id(trial.config_hash):
+        return Outcome(trial, "SKIPPED", "finished run in MLflow")
+    if tracker is None and result_file.exists():
+        return Outcome(trial, "SKIPPED", f"finished: {result_file}")
+    dev = pick_device(device)
+    run = None
+    if tracker is not None:
+        from benchmark.track import harness_tags
+
+        run = tracker.open_run(trial.name, trial.config_hash, {**tags_of(trial, str(dev)), **harness_tags()},
+                               trial.resolved())
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(trial.resolved(), sort_keys=False))
+        data = load_dataset(trial.card, data_root)
+        method_cls = catalog.methods().get(trial.method)
+        method_cfg = method_cls.make_config(trial.method_config, trial.name)
+        trainer = Trainer(data, method_cls, method_cfg, trial.train, trial.labeled_rows, trial.seed, run_dir,
+                          trial.protocol, trial.card.classes, trial.card.in_channels, logger=run, device=str(dev),
+                          progress=progress, description=trial.name)
+        result = trainer.fit()
+        flat = {"best_val_dice": result.best_val_dice, "best_step": float(result.best_step),
+                "steps_per_second": result.steps_per_second}
+        for ckpt in CHECKPOINTS:
+            flat.update({f"test/{ckpt}/{k}": v for k, v in result.summary[ckpt].items()})
+            result.cases[ckpt].to_csv(run_dir / f"cases_{ckpt}.csv", index=False)
+        if run is not None:
+            run.log_metrics(flat, trial.train.iterations)
+            for f in ("config.yaml", *(f"cases_{c}.csv" for c in CHECKPOINTS)):
+                run.log_artifact(run_dir / f)
+            run.finish()
+        result_file.write_text(json.dumps(flat, indent=1))
+        return Outcome(trial, "FINISHED", summary=flat)
+    except (KeyboardInterrupt, SystemExit):
+        if run is not None:
+            run.fail("interrupted by the user")
+        raise
+    except Exception as exc:  # noqa: BLE001 - a failed trial must not stop the others
+        reason = f"{type(exc).__name__}: {exc}"
+        (run_dir / "FAILED.txt").write_text(reason + "\n\n" + traceback.format_exc())
+        if run is not None:
+            run.fail(reason)
+        return Outcome(trial, "FAILED", reason)
+
+
+def run_local(trials: Sequence[Trial], work_dir: Path, tracker=None, data_root: str | Path | None = None,
+              device: str = "auto", progress: bool = True, force: bool = False,
+              on_outcome: Callable[[Outcome], None] | None = None) -> list[Outcome]:
+    """Run trials sequentially; `force` retrains finished ones (their run dir is cleared)."""
+    outcomes = []
+    for trial in trials:
+        if force:
+            _clear(run_dir_of(trial, work_dir))
+            if tracker is not None:
+                for r in tracker.runs(trial.config_hash, "FINISHED"):
+                    tracker.client.set_tag(r.info.run_id, "superseded", "true")
+                    tracker.client.set_terminated(r.info.run_id, "KILLED")
+        outcome = run_trial(trial, work_dir, tracker, data_root, device, progress)
+        outcomes.append(outcome)
+        if on_outcome:
+            on_outcome(outcome)
+    return outcomes
+
+
+def _clear(run_dir: Path) -> None:
+    for f in ("last.pt", "best.pt", "result.json", "FAILED.txt"):
+        (run_dir / f).unlink(missing_ok=True)

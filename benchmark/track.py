@@ -1,0 +1,147 @@
+"""MLflow glue: the only module that imports mlflow.
+
+One experiment per suite, one run per trial, tagged with the trial's config hash. A hash with a FINISHED
+run is never trained again; an unfinished run with that hash is reused when the trial resumes.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from benchmark import REPO_ROOT, __version__
+
+
+def default_tracking_uri(override: str | None = None) -> str:
+    """--tracking-uri, else $MLFLOW_TRACKING_URI, else sqlite file mlflow.db in the working directory."""
+    uri = override or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    return f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
+
+
+def _artifact_location(uri: str) -> str | None:
+    """Artifacts beside a local sqlite store (mlartifacts/), else the server's default."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri[len("sqlite:///"):]).resolve().parent / "mlartifacts").as_uri()
+    return None
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
+                             timeout=5)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    out: dict[str, str] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = str(v)
+    return out
+
+
+class Tracker:
+    """An MLflow experiment (one per suite) reached through MlflowClient."""
+
+    def __init__(self, experiment: str, tracking_uri: str | None = None) -> None:
+        import logging
+
+        from mlflow.tracking import MlflowClient
+
+        logging.getLogger("alembic").setLevel(logging.WARNING)
+        self.uri = default_tracking_uri(tracking_uri)
+        self.client = MlflowClient(self.uri)
+        exp = self.client.get_experiment_by_name(experiment)
+        if exp is None:
+            exp_id = self.client.create_experiment(experiment, artifact_location=_artifact_location(self.uri))
+        else:
+            exp_id = exp.experiment_id
+        self.experiment, self.experiment_id = experiment, exp_id
+
+    def runs(self, config_hash: str | None = None, status: str | None = None) -> list:
+        filters = []
+        if config_hash:
+            filters.append(f"tags.config_hash = '{config_hash}'")
+        if status:
+            filters.append(f"attributes.status = '{status}'")
+        return self.client.search_runs([self.experiment_id], filter_string=" and ".join(filters),
+                                       order_by=["attributes.start_time DESC"])
+
+    def finished_run_id(self, config_hash: str) -> str | None:
+        found = self.runs(config_hash, "FINISHED")
+        return found[0].info.run_id if found else None
+
+    def open_run(self, name: str, config_hash: str, tags: dict[str, str], params: dict[str, Any]) -> "TrackedRun":
+        """Reuse the newest unfinished run of this hash (a resume), else create one."""
+        previous = [r for r in self.runs(config_hash) if r.info.status != "FINISHED"]
+        if previous:
+            run_id = previous[0].info.run_id
+            self.client.update_run(run_id, status="RUNNING")
+        else:
+            run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
+            run_id = run.info.run_id
+            from mlflow.entities import Param
+
+            items = [Param(k, v[:6000]) for k, v in flatten(params).items()]
+            for i in range(0, len(items), 100):
+                self.client.log_batch(run_id, params=items[i:i + 100])
+        for k, v in tags.items():
+            self.client.set_tag(run_id, k, v)
+        return TrackedRun(self.client, run_id)
+
+    def finished_frame(self) -> pd.DataFrame:
+        """All FINISHED runs of the experiment: tags.*, params.*, metrics.* columns (mlflow.search_runs)."""
+        import mlflow
+
+        mlflow.set_tracking_uri(self.uri)
+        return mlflow.search_runs(experiment_ids=[self.experiment_id], filter_string="attributes.status = 'FINISHED'")
+
+
+class TrackedRun:
+    """One MLflow run: metrics in batches, artifacts, terminal status."""
+
+    def __init__(self, client, run_id: str) -> None:
+        self.client, self.run_id = client, run_id
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        for k, v in tags.items():
+            self.client.set_tag(self.run_id, k, v)
+
+    def log_artifact(self, path: Path) -> None:
+        self.client.log_artifact(self.run_id, str(path))
+
+    def finish(self) -> None:
+        self.client.set_terminated(self.run_id, "FINISHED")
+
+    def fail(self, reason: str) -> None:
+        self.client.set_tag(self.run_id, "failure_reason", reason[:5000])
+        self.client.set_terminated(self.run_id, "FAILED")
+
+
+def harness_tags() -> dict[str, str]:
+    return {"git_commit": git_commit(), "harness_version": __version__}
+
+
+def launch_ui(tracking_uri: str | None, port: int) -> int:
+    """`mlflow ui` on 127.0.0.1 for this tracking store (blocks until interrupted)."""
+    uri = default_tracking_uri(tracking_uri)
+    cmd = ["mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)]
+    print(f"MLflow UI for {uri} at http://127.0.0.1:{port}  (Ctrl-C to stop)")
+    return subprocess.call(cmd)

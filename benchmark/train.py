@@ -1,0 +1,258 @@
+"""The one Trainer: iteration loop, lr schedule, AMP, logging, checkpoint/resume, validation, final test.
+
+    trainer = Trainer(dataset, method, train_cfg, labeled_rows, seed, run_dir, protocol, class_names)
+    result = trainer.fit()     # resumes from run_dir/last.pt when it exists
+
+Checkpoints: `last.pt` (full state: step, nets, optimisers, RNG, best-val bookkeeping) every
+`checkpoint_every` steps and at the end; `best.pt` (weights) whenever the val Dice improves. At the end the
+test split is evaluated for both the best-val and the last weights.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
+import torch
+
+from benchmark.config import EvaluationProtocol, TrainConfig
+from benchmark.data.dataset import InMemoryDataset
+from benchmark.data.loader import StepBatches, step_loader
+from benchmark.data.sampling import TwoStreamSchedule
+from benchmark.evaluate import evaluate_cases, summarize, validation_dice
+from benchmark.schedules import lr_factor
+from methods.base import Labeled, Method, MethodContext
+
+CHECKPOINTS = ("best_val", "last")
+
+
+class RunLogger(Protocol):
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
+
+
+class NullLogger:
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        pass
+
+
+@dataclass
+class TrainResult:
+    """What a finished training returns: per-case test tables and their summaries per checkpoint."""
+
+    cases: dict[str, pd.DataFrame]
+    summary: dict[str, dict[str, float]]
+    best_val_dice: float
+    best_step: int
+    steps_per_second: float
+    wall_seconds: float
+    val_history: list[tuple[int, float]] = field(default_factory=list)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def make_optimizer_factory(cfg: TrainConfig):
+    def make(params) -> torch.optim.Optimizer:
+        if cfg.optimizer == "sgd":
+            return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        cls = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
+        return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return make
+
+
+def _save_atomic(obj: Any, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+class Trainer:
+    def __init__(self, data: InMemoryDataset, method_cls: type[Method], method_cfg: Any, cfg: TrainConfig,
+                 labeled_rows: int, seed: int, run_dir: Path, protocol: EvaluationProtocol,
+                 class_names: tuple[str, ...], in_channels: int = 1, logger: RunLogger | None = None,
+                 device: str = "auto", progress: bool = True, description: str = "train") -> None:
+        self.data, self.cfg, self.seed, self.protocol = data, cfg, seed, protocol
+        self.class_names = class_names
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.logger = logger or NullLogger()
+        self.device = pick_device(device)
+        self.progress, self.description = progress, description
+        n_total = len(data.train_images)
+        if not 0 < labeled_rows <= n_total:
+            raise ValueError(f"labeled_rows must be in 1..{n_total} (got {labeled_rows})")
+        self.labeled_rows = labeled_rows
+        seed_everything(seed)
+        ctx = MethodContext(in_channels, len(class_names), cfg.iterations, cfg.network, make_optimizer_factory(cfg))
+        self.method = method_cls(method_cfg, ctx).to(self.device)
+        if method_cls.uses_unlabeled:
+            if labeled_rows == n_total:
+                raise ValueError(f"{method_cls.__name__} needs unlabeled data but all {n_total} training rows are labeled")
+            lbs, ubs = cfg.labeled_batch_size, cfg.batch_size - cfg.labeled_batch_size
+        else:  # SSL4MIS's supervised script fills the whole batch with labeled slices
+            lbs, ubs = cfg.batch_size, 0
+        self.labeled_bs = lbs
+        self.schedule = TwoStreamSchedule(labeled_rows, n_total - labeled_rows, lbs, ubs, seed)
+        self.step = 0
+        self.best_val, self.best_step = -1.0, -1
+        self.val_history: list[tuple[int, float]] = []
+        self.base_lrs = {k: [g["lr"] for g in o.param_groups] for k, o in self.method.optimizers().items()}
+        self.use_bf16 = cfg.amp == "auto" and self.device.type == "cuda"
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+
+    # ------------------------------------------------------------------------------------ checkpoints
+    @property
+    def last_path(self) -> Path:
+        return self.run_dir / "last.pt"
+
+    @property
+    def best_path(self) -> Path:
+        return self.run_dir / "best.pt"
+
+    def save_checkpoint(self) -> None:
+        state = {"step": self.step, "method": self.method.state_dict(), "best_val": self.best_val,
+                 "best_step": self.best_step, "val_history": self.val_history,
+                 "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+                         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}}
+        _save_atomic(state, self.last_path)
+
+    def load_checkpoint(self) -> bool:
+        """Resume from last.pt if present; returns whether it did."""
+        if not self.last_path.exists():
+            return False
+        state = torch.load(self.last_path, map_location=self.device, weights_only=False)
+        self.method.load_state_dict(state["method"])
+        self.step, self.best_val, self.best_step = state["step"], state["best_val"], state["best_step"]
+        self.val_history = list(state["val_history"])
+        rng = state["rng"]
+        torch.set_rng_state(rng["torch"].cpu())
+        np.random.set_state(rng["numpy"])
+        random.setstate(rng["python"])
+        if rng["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        return True
+
+    # ----------------------------------------------------------------------------------------- loop
+    def _set_lr(self, step: int) -> None:
+        factor = lr_factor(step, self.cfg)
+        for key, opt in self.method.optimizers().items():
+            for group, base in zip(opt.param_groups, self.base_lrs[key]):
+                group["lr"] = base * factor
+
+    def _autocast(self):
+        if self.use_bf16:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _predict(self, x: torch.Tensor) -> torch.Tensor:
+        with self._autocast():
+            return self.method.predict(x).float()
+
+    def validate(self) -> float:
+        self.method.train(False)
+        dice = validation_dice(self._predict, self.data.val, self.protocol.classes, self.cfg.patch_size, self.device)
+        self.method.train(True)
+        return dice
+
+    def fit(self) -> TrainResult:
+        resumed = self.load_checkpoint()
+        start = self.step + 1 if resumed else 0
+        cfg = self.cfg
+        batches = StepBatches(self.data.train_images, self.data.train_labels, self.schedule, cfg.augmentation,
+                              cfg.patch_size, self.seed)
+        loader = step_loader(batches, start, cfg.iterations, cfg.num_workers, self.device.type == "cuda")
+        self.method.train(True)
+        sums: dict[str, torch.Tensor] = {}
+        window, t0, n_steps = 0, time.perf_counter(), 0
+        with _progress(self.progress, self.description, cfg.iterations, start) as bar:
+            for step, batch in zip(range(start, cfg.iterations), loader):
+                self.step = step
+                self._set_lr(step)
+                image = batch["image"].to(self.device, non_blocking=True)
+                label = batch["label"].to(self.device, non_blocking=True)
+                n = self.labeled_bs
+                with self._autocast():
+                    out = self.method.train_step(Labeled(image[:n], label[:n]), image[n:] if n < len(image) else None, step)
+                for k, v in out.items():
+                    sums[k] = sums[k] + v.float() if k in sums else v.float()
+                window += 1
+                n_steps += 1
+                last = step == cfg.iterations - 1
+                if (step + 1) % cfg.log_every == 0 or last:
+                    metrics = {f"train/{k}": float(v) / window for k, v in sums.items()}
+                    metrics["train/lr"] = next(iter(self.method.optimizers().values())).param_groups[0]["lr"]
+                    self.logger.log_metrics(metrics, step + 1)
+                    bar.update(step + 1, loss=metrics.get("train/loss", float("nan")))
+                    sums, window = {}, 0
+                if (step + 1) % cfg.eval_every == 0 or last:
+                    dice = self.validate()
+                    self.val_history.append((step + 1, dice))
+                    self.logger.log_metrics({"val/dice": dice}, step + 1)
+                    if dice > self.best_val:
+                        self.best_val, self.best_step = dice, step + 1
+                        _save_atomic({"modules": self.method.state_dict()["modules"], "step": step + 1}, self.best_path)
+                    bar.update(step + 1, val=dice)
+                if (step + 1) % cfg.checkpoint_every == 0 or last:
+                    self.save_checkpoint()
+                bar.update(step + 1)
+        elapsed = time.perf_counter() - t0
+        return self._final_test(steps_per_second=n_steps / elapsed if n_steps else float("nan"), wall=elapsed)
+
+    def _final_test(self, steps_per_second: float, wall: float) -> TrainResult:
+        """Test metrics for the best-val and the last weights (idempotent: runs after the loop, also on resume)."""
+        cases, summary = {}, {}
+        last_state = self.method.state_dict()
+        for ckpt in CHECKPOINTS:
+            if ckpt == "best_val":
+                best = torch.load(self.best_path, map_location=self.device, weights_only=False)
+                self.method.load_state_dict(best, weights_only=True)
+            else:
+                self.method.load_state_dict(last_state, weights_only=True)
+            self.method.train(False)
+            cases[ckpt] = evaluate_cases(self._predict, self.data.test, self.protocol, self.class_names,
+                                         self.cfg.patch_size, self.device)
+            summary[ckpt] = summarize(cases[ckpt])
+        self.method.train(True)
+        return TrainResult(cases, summary, self.best_val, self.best_step, steps_per_second, wall, self.val_history)
+
+
+class _NoBar:
+    def update(self, step: int, **fields: float) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def _progress(enabled: bool, description: str, total: int, start: int):
+    """A rich progress bar (step/total, loss, val Dice, ETA), or nothing."""
+    if not enabled:
+        yield _NoBar()
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("loss {task.fields[loss]:.4f}  val Dice {task.fields[val]:.4f}"),
+               TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
+    with Progress(*columns, transient=False) as progress:
+        task = progress.add_task(description, total=total, completed=start, loss=float("nan"), val=float("nan"))
+
+        class Bar:
+            def update(self, step: int, **fields: float) -> None:
+                progress.update(task, completed=step, **fields)
+
+        yield Bar()

@@ -1,0 +1,6 @@
+"""SSL methods, one short module each. Importing this package registers all of them in `METHODS`.
+
+Imports are explicit: a method that fails to import fails loudly here instead of vanishing from the list.
+"""
+from methods.base import METHODS, Labeled, Method, MethodContext  # noqa: F401
+from methods import supervised, mean_teacher  # noqa: F401  (registration)

@@ -1,0 +1,108 @@
+"""The contract every method implements, and the methods registry.
+
+A method owns its networks and optimisers and one `train_step`; the Trainer owns everything else (loop,
+lr schedule, AMP, logging, checkpoints, evaluation). Hyperparameters are a dataclass `Config` on the class,
+so defaults live next to the code and a suite can override them by name.
+"""
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Iterable, NamedTuple
+
+import torch
+from torch import nn
+
+from benchmark.nets import build_network
+from benchmark.registry import Registry
+
+METHODS: Registry[type["Method"]] = Registry("method")
+
+
+class Labeled(NamedTuple):
+    image: torch.Tensor  # (B, C, H, W)
+    label: torch.Tensor  # (B, H, W) int64
+
+
+@dataclass
+class MethodContext:
+    """What the Trainer gives a method: the task's shape, the budget, and factories for nets and optimisers."""
+
+    in_channels: int
+    num_classes: int
+    iterations: int
+    network: str
+    make_optimizer: Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+
+    def build_network(self, name: str | None = None) -> nn.Module:
+        return build_network(name or self.network, self.in_channels, self.num_classes)
+
+
+@dataclass
+class NoConfig:
+    """A method without hyperparameters of its own."""
+
+
+class Method(ABC):
+    """Base class: subclasses set `Config`, build nets/optimisers in __init__, implement train_step/predict."""
+
+    Config: ClassVar[type] = NoConfig
+    #: False: batches hold labeled samples only (batch_size of them), as SSL4MIS's fully supervised script.
+    uses_unlabeled: ClassVar[bool] = True
+
+    def __init__(self, cfg: Any, ctx: MethodContext) -> None:
+        self.cfg, self.ctx = cfg, ctx
+
+    @abstractmethod
+    def train_step(self, labeled: Labeled, unlabeled: torch.Tensor | None, step: int) -> dict[str, torch.Tensor]:
+        """One optimisation step. Returns detached scalar tensors to log (the Trainer turns them into floats
+        only when it logs, so there is no host sync per step)."""
+
+    @abstractmethod
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (B, num_classes, H, W) for inference; called under torch.no_grad() in eval mode."""
+
+    # ---- plumbing shared by all methods -------------------------------------------------------------
+    def modules(self) -> dict[str, nn.Module]:
+        return {k: v for k, v in vars(self).items() if isinstance(v, nn.Module)}
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {k: v for k, v in vars(self).items() if isinstance(v, torch.optim.Optimizer)}
+
+    def to(self, device: torch.device) -> "Method":
+        for m in self.modules().values():
+            m.to(device)
+        return self
+
+    def train(self, mode: bool = True) -> None:
+        for m in self.modules().values():
+            m.train(mode)
+
+    @staticmethod
+    def update(loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
+        """zero_grad, backward, step."""
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"modules": {k: m.state_dict() for k, m in self.modules().items()},
+                "optimizers": {k: o.state_dict() for k, o in self.optimizers().items()}}
+
+    def load_state_dict(self, state: dict[str, Any], weights_only: bool = False) -> None:
+        for k, m in self.modules().items():
+            m.load_state_dict(state["modules"][k])
+        if not weights_only:
+            for k, o in self.optimizers().items():
+                o.load_state_dict(state["optimizers"][k])
+
+    @classmethod
+    def make_config(cls, overrides: dict[str, Any], where: str) -> Any:
+        from benchmark.config import build_dataclass
+
+        return build_dataclass(cls.Config, overrides, where)
+
+    @classmethod
+    def config_dict(cls, cfg: Any) -> dict[str, Any]:
+        return dataclasses.asdict(cfg)
