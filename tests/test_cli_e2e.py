@@ -1,0 +1,88 @@
+"""`bench run` -> MLflow -> `bench table` on a tiny synthetic suite (CPU, a few steps per trial)."""
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from benchmark.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture()
+def tiny_suite(tmp_path: Path, tiny_card: Path) -> Path:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "tiny", "description": "test suite", "dataset": str(tiny_card), "labeled": [3],
+        "methods": ["supervised", "mean-teacher"], "seeds": [0, 1],
+        "train": {"iterations": 4, "batch_size": 4, "labeled_batch_size": 2, "patch_size": 32, "eval_every": 2,
+                  "checkpoint_every": 2, "log_every": 2, "num_workers": 0},
+    }))
+    return path
+
+
+def invoke(*args: str):
+    result = runner.invoke(app, list(args))
+    return result
+
+
+def test_run_logs_to_mlflow_skips_finished_and_tables(tiny_suite, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    first = invoke("run", "--suite", str(tiny_suite), "--tracking-uri", uri, "--device", "cpu")
+    assert first.exit_code == 0, first.output
+    assert "4 finished, 0 skipped, 0 failed" in first.output
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("tiny")
+    runs = client.search_runs([exp.experiment_id])
+    assert len(runs) == 4 and {r.info.status for r in runs} == {"FINISHED"}
+    run = runs[0]
+    for tag in ("method", "dataset", "labeled_patients", "seed", "suite", "config_hash", "git_commit",
+                "harness_version", "device", "protocol"):
+        assert tag in run.data.tags, tag
+    assert run.data.tags["labeled_rows"] == "24"  # first 3 synthetic patients: 3 x 2 frames x 4 slices
+    for key in ("test/best_val/dice", "test/last/dice", "test/best_val/hd95/RV", "val/dice", "train/loss"):
+        assert key in run.data.metrics, key
+    assert run.data.params["train.iterations"] == "4"
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "cases_best_val.csv", "cases_last.csv"} <= artifacts
+    assert len(client.get_metric_history(run.info.run_id, "val/dice")) == 2
+
+    again = invoke("run", "--suite", str(tiny_suite), "--tracking-uri", uri, "--device", "cpu")
+    assert again.exit_code == 0 and "0 finished, 4 skipped" in again.output
+
+    table = invoke("table", "--suite", str(tiny_suite), "--format", "latex", "--tracking-uri", uri)
+    assert table.exit_code == 0, table.output
+    assert r"\toprule" in table.output and "supervised" in table.output and "mean-teacher" in table.output
+    assert "n=2 seeds" in table.output
+
+
+def test_a_failing_trial_is_marked_failed_with_its_reason(tiny_suite, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+    def boom(self):
+        raise RuntimeError("out of memory (simulated)")
+
+    monkeypatch.setattr("benchmark.train.Trainer.fit", boom)
+    result = invoke("run", "--suite", str(tiny_suite), "--methods", "supervised", "--seeds", "0",
+                    "--tracking-uri", uri, "--device", "cpu")
+    assert result.exit_code == 1 and "FAILED" in result.output
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
+    assert run.info.status == "FAILED"
+    assert "out of memory (simulated)" in run.data.tags["failure_reason"]
+
+
+def test_untracked_run_skips_via_run_dir(tiny_suite, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = ["run", "--suite", str(tiny_suite), "--methods", "supervised", "--seeds", "0", "--no-track", "--device", "cpu"]
+    assert "1 finished" in invoke(*args).output
+    assert "1 skipped" in invoke(*args).output
+    assert not (tmp_path / "mlflow.db").exists()
