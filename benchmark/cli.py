@@ -131,7 +131,7 @@ def table(
     """Print the suite's results table from MLflow (finished runs only)."""
     from benchmark import catalog
     from benchmark.config import CHECKPOINT_RULES
-    from benchmark.report.tables import TableContext, render, runs_to_long
+    from benchmark.report.tables import TableContext, order_rows, render, runs_to_long
     from benchmark.track import Tracker
 
     try:
@@ -146,7 +146,8 @@ def table(
     frame = Tracker(spec.name, tracking_uri).finished_frame()
     if frame.empty:
         _fail(f"no finished runs for suite {spec.name!r} in this tracking store; run `bench run --suite {spec.name}` first", 1)
-    long = runs_to_long(frame, ckpt)
+    order = catalog.methods().names() if spec.methods == "all" else list(spec.methods)
+    long = order_rows(runs_to_long(frame, ckpt), order)
     hd = spec.protocol.get("hd_units", protocol.hd_units)
     desc = f"checkpoint={ckpt}, HD95/ASD in {hd}s, empty prediction -> " \
            f"{spec.protocol.get('empty_prediction', protocol.empty_prediction)}, test split={protocol.test_split}"

@@ -6,6 +6,7 @@ run is never trained again; an unfinished run with that hash is reused when the 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -40,10 +41,16 @@ def git_commit() -> str:
         return "unknown"
 
 
+def param_key(key: str) -> str:
+    """An MLflow-legal parameter name: '%' becomes 'pct', other illegal characters '_'."""
+    return re.sub(r"[^\w\-. :/]", "_", key.replace("%", "pct"))
+
+
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested config -> {'a.b.c': 'value'} with MLflow-legal keys."""
     out: dict[str, str] = {}
     for k, v in d.items():
-        key = f"{prefix}{k}"
+        key = param_key(f"{prefix}{k}")
         if isinstance(v, dict):
             out.update(flatten(v, key + "."))
         else:

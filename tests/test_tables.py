@@ -86,3 +86,12 @@ def test_per_class_columns_follow_the_class_order():
     ctx = TableContext("d", "p", "voxel", "best_val", ("background", "RV", "Myo", "LV"))
     header = next(line for line in render(frame, "markdown", ctx, per_class=True).splitlines() if line.startswith("| Method"))
     assert header.index("Dice RV") < header.index("Dice Myo") < header.index("Dice LV")
+
+
+def test_rows_follow_the_suite_method_order():
+    from benchmark.report.tables import order_rows
+
+    shuffled = long_frame().sample(frac=1.0, random_state=0)
+    md = render(order_rows(shuffled, ["sup_c", "method_a"]), "markdown", CTX)
+    rows = [line.split("|")[1].strip() for line in md.splitlines() if line.startswith("| ") and "Method" not in line]
+    assert rows == ["sup_c", "method_a", "mean_b"]

@@ -44,6 +44,14 @@ def runs_to_long(frame: pd.DataFrame, checkpoint: str) -> pd.DataFrame:
     return out.reset_index(drop=True)
 
 
+def order_rows(long: pd.DataFrame, method_order: list[str]) -> pd.DataFrame:
+    """Sort by labeled setting, then methods in `method_order` (others after, by name), then seed."""
+    rank = {m: i for i, m in enumerate(method_order)}
+    key = long["method"].map(lambda m: (rank.get(m, len(rank)), m))
+    return (long.assign(_key=key).sort_values(["labeled_patients", "_key", "seed"], kind="stable")
+            .drop(columns="_key").reset_index(drop=True))
+
+
 def aggregate(long: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     """mean, std (ddof=1) and n over seeds, per (labeled_patients, labeled_rows, method), in first-seen order."""
     keys = ["labeled_patients", "labeled_rows", "method"]

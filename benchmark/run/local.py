@@ -51,12 +51,12 @@ def run_trial(trial: Trial, work_dir: Path, tracker=None, data_root: str | Path 
         return Outcome(trial, "SKIPPED", f"finished: {result_file}")
     dev = pick_device(device)
     run = None
-    if tracker is not None:
-        from benchmark.track import harness_tags
-
-        run = tracker.open_run(trial.name, trial.config_hash, {**tags_of(trial, str(dev)), **harness_tags()},
-                               trial.resolved())
     try:
+        if tracker is not None:
+            from benchmark.track import harness_tags
+
+            run = tracker.open_run(trial.name, trial.config_hash, {**tags_of(trial, str(dev)), **harness_tags()},
+                                   trial.resolved())
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(trial.resolved(), sort_keys=False))
         data = load_dataset(trial.card, data_root)
@@ -84,6 +84,7 @@ def run_trial(trial: Trial, work_dir: Path, tracker=None, data_root: str | Path 
         raise
     except Exception as exc:  # noqa: BLE001 - a failed trial must not stop the others
         reason = f"{type(exc).__name__}: {exc}"
+        run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "FAILED.txt").write_text(reason + "\n\n" + traceback.format_exc())
         if run is not None:
             run.fail(reason)
