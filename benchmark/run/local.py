@@ -32,6 +32,15 @@ def run_dir_of(trial: Trial, work_dir: Path) -> Path:
     return Path(work_dir) / trial.suite / f"{trial.name}-{trial.config_hash}"
 
 
+def describe_device(device) -> str:
+    """'cpu', or 'cuda:0 (NVIDIA H100 80GB HBM3)'."""
+    import torch
+
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return str(device)
+
+
 def tags_of(trial: Trial, device: str) -> dict[str, str]:
     p = trial.protocol
     return {"method": trial.method, "dataset": trial.card.name, "labeled_patients": str(trial.labeled_patients),
@@ -55,8 +64,8 @@ def run_trial(trial: Trial, work_dir: Path, tracker=None, data_root: str | Path 
         if tracker is not None:
             from benchmark.track import harness_tags
 
-            run = tracker.open_run(trial.name, trial.config_hash, {**tags_of(trial, str(dev)), **harness_tags()},
-                                   trial.resolved())
+            tags = {**tags_of(trial, describe_device(dev)), **harness_tags()}
+            run = tracker.open_run(trial.name, trial.config_hash, tags, trial.resolved())
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(trial.resolved(), sort_keys=False))
         data = load_dataset(trial.card, data_root)
