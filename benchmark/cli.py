@@ -76,6 +76,7 @@ def run(
     work_dir: Path = typer.Option(Path("bench_runs"), help="checkpoints and per-trial files"),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1 ..."),
     force: bool = typer.Option(False, "--force", help="retrain trials that already finished"),
+    workers: int = typer.Option(0, help="processes scoring test cases in parallel (0: in this process)"),
 ) -> None:
     """Train and test every method x labeled setting x seed of a suite; finished trials are skipped."""
     from benchmark import catalog
@@ -111,7 +112,7 @@ def run(
                       highlight=False)
 
     outcomes = run_local(trials, work_dir.resolve(), tracker, data_root, device, progress=True,
-                         force=force, on_outcome=report)
+                         force=force, on_outcome=report, eval_workers=workers)
     failed = [o for o in outcomes if o.status == "FAILED"]
     console.print(f"done in {time.perf_counter() - start:.1f} s: "
                   + ", ".join(f"{sum(o.status == s for o in outcomes)} {s.lower()}" for s in ("FINISHED", "SKIPPED", "FAILED")))
@@ -124,14 +125,14 @@ def table(
     suite: str = typer.Option(..., "--suite", "-s", help="suite name or path"),
     format: Format = typer.Option(Format.markdown, "--format", "-f", help="markdown, latex or csv"),
     out: Optional[Path] = typer.Option(None, help="write to this file instead of stdout"),
-    checkpoint: Optional[str] = typer.Option(None, help="best_val or last (default: the suite's protocol)"),
+    checkpoint: Optional[str] = typer.Option(None, help="best_val, last or best_test (default: the suite's protocol)"),
     per_class: bool = typer.Option(False, "--per-class", help="add per-class columns"),
     tracking_uri: Optional[str] = typer.Option(None, help="MLflow URI (default as for run)"),
 ) -> None:
     """Print the suite's results table from MLflow (finished runs only)."""
     from benchmark import catalog
     from benchmark.config import CHECKPOINT_RULES
-    from benchmark.report.tables import TableContext, order_rows, render, runs_to_long
+    from benchmark.report.tables import TableContext, label_cells, order_rows, render, runs_to_long
     from benchmark.track import Tracker
 
     try:
@@ -139,24 +140,92 @@ def table(
         card = catalog.get_card(spec.dataset)
     except (ConfigError, UnknownNameError) as exc:
         _fail(str(exc))
-    protocol = card.evaluation
-    ckpt = checkpoint or spec.protocol.get("checkpoint", protocol.checkpoint)
+    import dataclasses
+
+    from benchmark.config import EvaluationProtocol, build_dataclass
+
+    try:
+        protocol = build_dataclass(EvaluationProtocol, {**dataclasses.asdict(card.evaluation), **spec.protocol},
+                                   f"{spec.path}: protocol")
+    except ConfigError as exc:
+        _fail(str(exc))
+    ckpt = checkpoint or protocol.checkpoint
     if ckpt not in CHECKPOINT_RULES:
         _fail(f"unknown checkpoint {ckpt!r}; valid: {', '.join(CHECKPOINT_RULES)}")
+    protocol = dataclasses.replace(protocol, checkpoint=ckpt)
     frame = Tracker(spec.name, tracking_uri).finished_frame()
     if frame.empty:
         _fail(f"no finished runs for suite {spec.name!r} in this tracking store; run `bench run --suite {spec.name}` first", 1)
+    if "tags.scoring_hash" in frame:
+        other = frame["tags.scoring_hash"] != protocol.scoring_hash
+        if other.any():
+            err.print(f"note: {int(other.sum())} finished run(s) scored under another protocol are left out")
+        frame = frame[~other]
     order = catalog.methods().names() if spec.methods == "all" else list(spec.methods)
-    long = order_rows(runs_to_long(frame, ckpt), order)
-    hd = spec.protocol.get("hd_units", protocol.hd_units)
-    desc = f"checkpoint={ckpt}, HD95/ASD in {hd}s, empty prediction -> " \
-           f"{spec.protocol.get('empty_prediction', protocol.empty_prediction)}, test split={protocol.test_split}"
-    text = render(long, format.value, TableContext(card.name, desc, hd, ckpt, card.classes), per_class=per_class)
+    long = order_rows(label_cells(runs_to_long(frame, ckpt)), order)
+    if long.empty or not any(c in long for c in ("dice",)):
+        _fail(f"no run of suite {spec.name!r} has test metrics for checkpoint {ckpt!r}", 1)
+    ctx = TableContext(card.name, protocol.describe(), protocol.hd_units, ckpt, card.classes)
+    text = render(long, format.value, ctx, per_class=per_class)
     if out:
         out.write_text(text)
         console.print(f"wrote {out}")
     else:
         print(text)
+
+
+@app.command("eval")
+def eval_(
+    run: Optional[str] = typer.Option(None, "--run", help="MLflow run id of a finished trial"),
+    checkpoint_file: Optional[Path] = typer.Option(None, "--checkpoint", help="a weights file (best_val.pt, last.pt) "
+                                                   "with the config.yaml that bench run writes beside it"),
+    suite: Optional[str] = typer.Option(None, "--suite", "-s", help="with --checkpoint: the suite whose dataset "
+                                        "scores it (default: the dataset in config.yaml)"),
+    weights: str = typer.Option("best_val", help="with --run: best_val, last or best_test"),
+    empty_prediction: Optional[str] = typer.Option(None, help="worst, zero_all, dice0_hd0 or error"),
+    hd_units: Optional[str] = typer.Option(None, help="voxel or mm"),
+    postprocess: Optional[str] = typer.Option(None, help="none or largest_component"),
+    resize: Optional[str] = typer.Option(None, help="nearest or bilinear_logits"),
+    workers: int = typer.Option(0, help="processes scoring cases in parallel"),
+    data_root: Optional[Path] = typer.Option(None, help="folder holding real datasets (default: $BENCH_DATA_ROOT)"),
+    tracking_uri: Optional[str] = typer.Option(None, help="MLflow URI (default as for run)"),
+    device: str = typer.Option("auto", help="auto, cpu, cuda ..."),
+) -> None:
+    """Score a trained model again under another protocol, without retraining (logged to its MLflow run)."""
+    from benchmark import catalog
+    from benchmark.run.reeval import SavedModel, evaluate_saved, protocol_changes
+
+    overrides = {k: v for k, v in {"empty_prediction": empty_prediction, "hd_units": hd_units,
+                                   "postprocess": postprocess, "resize": resize}.items() if v is not None}
+    if (run is None) == (checkpoint_file is None):
+        _fail("give exactly one of --run RUN_ID or --checkpoint FILE")
+    tracked = None
+    try:
+        if run is not None:
+            from benchmark.track import open_existing_run
+
+            tracked, run_dir = open_existing_run(run, tracking_uri)
+            saved = SavedModel.from_run_dir(run_dir, weights)
+            dataset = None
+        else:
+            saved = SavedModel.from_file(checkpoint_file)
+            dataset = catalog.get_suite(suite).dataset if suite else None
+        csv_path = saved.weights.parent / f"cases_{saved.weights.stem}_reeval.csv"
+        protocol, summary = evaluate_saved(saved, overrides, dataset, data_root, device, workers, csv_path)
+    except (ConfigError, UnknownNameError) as exc:
+        _fail(str(exc))
+    prefix = f"eval/{protocol.scoring_hash}/{saved.weights.stem}"
+    changes = protocol_changes(protocol, saved.config["dataset"]["evaluation"])
+    console.print(f"[bold]{saved.weights}[/] under {protocol.describe()}")
+    console.print("changed from training: " + (", ".join(f"{k}={v}" for k, v in changes.items()) or "nothing"))
+    for key in ("dice", "jaccard", "hd95", "asd"):
+        scale = 100 if key in ("dice", "jaccard") else 1
+        console.print(f"  {key:8} {summary[key] * scale:.2f}")
+    if tracked is not None:
+        tracked.log_metrics({f"{prefix}/{k}": v for k, v in summary.items()}, 0)
+        tracked.set_tags({f"eval.{protocol.scoring_hash}": protocol.describe()})
+        tracked.log_artifact(csv_path)
+        console.print(f"logged to run {run} as {prefix}/*")
 
 
 @app.command()

@@ -59,6 +59,8 @@ def _has_default(f: dataclasses.Field) -> bool:
 def _coerce(value: Any, kind: type | None, where: str) -> Any:
     if kind is None or kind is type(None) or value is None or isinstance(value, kind):
         return value
+    if kind is tuple and isinstance(value, list):
+        return tuple(value)
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if kind is int and isinstance(value, float) and value.is_integer():
@@ -79,43 +81,85 @@ def _choice(value: str, valid: tuple[str, ...], where: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------- dataset card
-EMPTY_POLICIES = ("zero", "nan", "error")
-CHECKPOINT_RULES = ("best_val", "last")
+EMPTY_POLICIES = ("worst", "zero_all", "dice0_hd0", "error")
+CHECKPOINT_RULES = ("best_val", "last", "best_test")
 HD_UNITS = ("voxel", "mm")
 FORMATS = ("ssl4mis-h5",)
+INFERENCE = ("slicewise", "sliding_window")
+RESIZE = ("nearest", "bilinear_logits")
+POSTPROCESS = ("none", "largest_component")
+
+
+def _ints(value: Any) -> tuple[int, ...] | None:
+    return None if value is None else tuple(int(v) for v in (value if isinstance(value, (list, tuple)) else [value]))
 
 
 @dataclass(frozen=True)
 class EvaluationProtocol:
-    """How a card's test metrics are computed; every field is printed with the results."""
+    """How a card's test metrics are computed; every field is printed with the results.
 
-    inference: str = "slice2d"          # slice-wise 2D prediction of a 3D volume
-    resize: str = "nearest"             # slice -> patch -> back, scipy zoom order 0 (SSL4MIS)
+    empty_prediction (a class absent from the prediction; see benchmark.metrics):
+      worst      Dice = Jaccard = 0, HD95 = ASD = the image diagonal: honest, our default
+      zero_all   all four metrics 0 (SS-Net / BCP / CML test_ACDC.py)
+      dice0_hd0  Dice 0, HD95 0 (SSL4MIS val_2D.py; Jaccard and ASD 0 as well)
+      error      raise, like medpy in SSL4MIS test_2D_fully.py
+    checkpoint `best_test` selects on the test split: it exists only to reproduce papers that did so, and
+    tables mark it as leaking.
+    """
+
+    inference: str = "slicewise"        # slicewise (2D nets on 3D volumes) | sliding_window (3D)
+    resize: str = "nearest"             # slicewise: nearest (SSL4MIS) | bilinear_logits (UniMatch)
+    patch: tuple[int, ...] | None = None   # inference patch; slicewise default = the training patch
+    stride: tuple[int, ...] | None = None  # sliding_window only (LA: 18, 18, 4)
     classes: tuple[int, ...] = (1, 2, 3)  # foreground classes scored, mean over them
     hd_units: str = "voxel"             # every reference script passes no spacing (PROTOCOLS.md §5.4)
     spacing: tuple[float, ...] | None = None
-    empty_prediction: str = "zero"      # SS-Net/BCP/CML test_ACDC.py: empty prediction -> all metrics 0
-    postprocess: str = "none"
-    checkpoint: str = "best_val"        # which checkpoint the table reports (both are always tested)
+    empty_prediction: str = "worst"
+    postprocess: str = "none"           # none | largest_component (per class; SS-Net LA `--nms 1`)
+    checkpoint: str = "best_val"        # which checkpoint the table reports (best_val and last are always tested)
     val_split: str = "val"
     test_split: str = "test"
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "classes", _ints(self.classes))
+        object.__setattr__(self, "patch", _ints(self.patch))
+        object.__setattr__(self, "stride", _ints(self.stride))
+        if self.spacing is not None:
+            object.__setattr__(self, "spacing", tuple(float(v) for v in self.spacing))
+
     def validate(self, where: str, num_classes: int) -> None:
-        _choice(self.inference, ("slice2d",), f"{where}.inference")
-        _choice(self.resize, ("nearest",), f"{where}.resize")
+        _choice(self.inference, INFERENCE, f"{where}.inference")
+        _choice(self.resize, RESIZE, f"{where}.resize")
         _choice(self.hd_units, HD_UNITS, f"{where}.hd_units")
         _choice(self.empty_prediction, EMPTY_POLICIES, f"{where}.empty_prediction")
-        _choice(self.postprocess, ("none",), f"{where}.postprocess")
+        _choice(self.postprocess, POSTPROCESS, f"{where}.postprocess")
         _choice(self.checkpoint, CHECKPOINT_RULES, f"{where}.checkpoint")
         bad = [c for c in self.classes if not 0 < int(c) < num_classes]
         if bad or not self.classes:
             raise ConfigError(f"{where}.classes: foreground classes must lie in 1..{num_classes - 1} (got {list(self.classes)})")
         if self.hd_units == "mm" and not self.spacing:
             raise ConfigError(f"{where}: hd_units is 'mm' but no spacing is given; set evaluation.spacing or use hd_units: voxel")
+        if self.inference == "sliding_window" and not (self.patch and self.stride and len(self.patch) == len(self.stride) == 3):
+            raise ConfigError(f"{where}: sliding_window needs patch and stride of 3 integers each "
+                              f"(LA: patch [112, 112, 80], stride [18, 18, 4])")
+        if self.inference == "slicewise" and self.patch is not None and len(set(self.patch)) != 1:
+            raise ConfigError(f"{where}.patch: slicewise inference uses a square patch, give one integer")
+
+    @property
+    def scoring_hash(self) -> str:
+        """Identity of how test metrics are computed, whichever checkpoint a table shows."""
+        return stable_hash({k: v for k, v in dataclasses.asdict(self).items() if k != "checkpoint"}, 8)
+
+    @property
+    def leaks_test(self) -> bool:
+        return self.checkpoint == "best_test"
 
     def describe(self) -> str:
-        return (f"checkpoint={self.checkpoint}, HD95/ASD in {self.hd_units}s, empty prediction -> {self.empty_prediction}, "
-                f"{self.inference} {self.resize} resize, split={self.test_split}")
+        inference = (f"slicewise {self.resize} resize" if self.inference == "slicewise"
+                     else f"sliding window {self.patch} stride {self.stride}")
+        ckpt = "best_test (selected ON THE TEST SET: leaks)" if self.leaks_test else self.checkpoint
+        return (f"checkpoint={ckpt}, HD95/ASD in {self.hd_units}s, empty prediction -> {self.empty_prediction}, "
+                f"{inference}, post-processing {self.postprocess}, split={self.test_split}")
 
 
 @dataclass(frozen=True)
@@ -194,10 +238,6 @@ def load_card(path: Path) -> DatasetCard:
     lab["aliases"] = {str(k): int(v) for k, v in (lab.get("aliases") or {}).items()}
     labeled = build_dataclass(LabeledRule, lab, f"{where}: labeled")
     ev = dict(raw["evaluation"] or {})
-    if "classes" in ev:
-        ev["classes"] = tuple(int(c) for c in ev["classes"])
-    if ev.get("spacing") is not None:
-        ev["spacing"] = tuple(float(s) for s in ev["spacing"])
     evaluation = build_dataclass(EvaluationProtocol, ev, f"{where}: evaluation")
     evaluation.validate(f"{where}: evaluation", len(classes))
     return DatasetCard(

@@ -142,6 +142,24 @@ class TrackedRun:
         self.client.set_terminated(self.run_id, "FAILED")
 
 
+def open_existing_run(run_id: str, tracking_uri: str | None = None) -> tuple["TrackedRun", Path]:
+    """A finished trial's run and its run dir (tag `run_dir`), for `bench eval`."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from benchmark.config import ConfigError
+
+    client = MlflowClient(default_tracking_uri(tracking_uri))
+    try:
+        run = client.get_run(run_id)
+    except MlflowException as exc:
+        raise ConfigError(f"no MLflow run {run_id!r} in {default_tracking_uri(tracking_uri)}: {exc.message}") from None
+    run_dir = run.data.tags.get("run_dir")
+    if not run_dir:
+        raise ConfigError(f"run {run_id} has no run_dir tag (made by an older harness); use --checkpoint FILE")
+    return TrackedRun(client, run_id), Path(run_dir)
+
+
 def harness_tags() -> dict[str, str]:
     return {"git_commit": git_commit(), "harness_version": __version__}
 

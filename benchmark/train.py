@@ -3,9 +3,10 @@
     trainer = Trainer(dataset, method, train_cfg, labeled_rows, seed, run_dir, protocol, class_names)
     result = trainer.fit()     # resumes from run_dir/last.pt when it exists
 
-Checkpoints: `last.pt` (full state: step, nets, optimisers, RNG, best-val bookkeeping) every
-`checkpoint_every` steps and at the end; `best.pt` (weights) whenever the val Dice improves. At the end the
-test split is evaluated for both the best-val and the last weights.
+Checkpoints: `last.pt` (full state: step, nets, optimisers, RNG, selection bookkeeping) every
+`checkpoint_every` steps and at the end; `best_val.pt` (weights) whenever the val Dice improves, and
+`best_test.pt` likewise on the test Dice only when the protocol asks for that leaking rule. At the end the
+test split is evaluated for every kept checkpoint and the last weights, per-case rows streamed to CSV.
 """
 from __future__ import annotations
 
@@ -29,7 +30,8 @@ from benchmark.evaluate import evaluate_cases, summarize, validation_dice
 from benchmark.schedules import lr_factor
 from methods.base import Labeled, Method, MethodContext
 
-CHECKPOINTS = ("best_val", "last")
+#: selection rule -> the split whose Dice it follows
+SELECTION_SPLITS = {"best_val": "val", "best_test": "test"}
 
 
 class RunLogger(Protocol):
@@ -75,6 +77,13 @@ def make_optimizer_factory(cfg: TrainConfig):
     return make
 
 
+def build_method(method_cls: type[Method], method_cfg: Any, cfg: TrainConfig, in_channels: int,
+                 num_classes: int) -> Method:
+    """Instantiate a method with its networks and optimisers (the Trainer's and `bench eval`'s one way)."""
+    ctx = MethodContext(in_channels, num_classes, cfg.iterations, cfg.network, make_optimizer_factory(cfg))
+    return method_cls(method_cfg, ctx)
+
+
 def _save_atomic(obj: Any, path: Path) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(obj, tmp)
@@ -85,21 +94,21 @@ class Trainer:
     def __init__(self, data: InMemoryDataset, method_cls: type[Method], method_cfg: Any, cfg: TrainConfig,
                  labeled_rows: int, seed: int, run_dir: Path, protocol: EvaluationProtocol,
                  class_names: tuple[str, ...], in_channels: int = 1, logger: RunLogger | None = None,
-                 device: str = "auto", progress: bool = True, description: str = "train") -> None:
+                 device: str = "auto", progress: bool = True, description: str = "train",
+                 eval_workers: int = 0) -> None:
         self.data, self.cfg, self.seed, self.protocol = data, cfg, seed, protocol
         self.class_names = class_names
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.logger = logger or NullLogger()
         self.device = pick_device(device)
-        self.progress, self.description = progress, description
+        self.progress, self.description, self.eval_workers = progress, description, eval_workers
         n_total = len(data.train_images)
         if not 0 < labeled_rows <= n_total:
             raise ValueError(f"labeled_rows must be in 1..{n_total} (got {labeled_rows})")
         self.labeled_rows = labeled_rows
         seed_everything(seed)
-        ctx = MethodContext(in_channels, len(class_names), cfg.iterations, cfg.network, make_optimizer_factory(cfg))
-        self.method = method_cls(method_cfg, ctx).to(self.device)
+        self.method = build_method(method_cls, method_cfg, cfg, in_channels, len(class_names)).to(self.device)
         if method_cls.uses_unlabeled:
             if labeled_rows == n_total:
                 raise ValueError(f"{method_cls.__name__} needs unlabeled data but all {n_total} training rows are labeled")
@@ -109,7 +118,8 @@ class Trainer:
         self.labeled_bs = lbs
         self.schedule = TwoStreamSchedule(labeled_rows, n_total - labeled_rows, lbs, ubs, seed)
         self.step = 0
-        self.best_val, self.best_step = -1.0, -1
+        self.selections = ["best_val"] + (["best_test"] if protocol.checkpoint == "best_test" else [])
+        self.best: dict[str, tuple[float, int]] = {k: (-1.0, -1) for k in self.selections}
         self.val_history: list[tuple[int, float]] = []
         self.base_lrs = {k: [g["lr"] for g in o.param_groups] for k, o in self.method.optimizers().items()}
         self.use_bf16 = cfg.amp == "auto" and self.device.type == "cuda"
@@ -121,13 +131,12 @@ class Trainer:
     def last_path(self) -> Path:
         return self.run_dir / "last.pt"
 
-    @property
-    def best_path(self) -> Path:
-        return self.run_dir / "best.pt"
+    def weights_path(self, selection: str) -> Path:
+        return self.run_dir / f"{selection}.pt"
 
     def save_checkpoint(self) -> None:
-        state = {"step": self.step, "method": self.method.state_dict(), "best_val": self.best_val,
-                 "best_step": self.best_step, "val_history": self.val_history,
+        state = {"step": self.step, "method": self.method.state_dict(), "best": self.best,
+                 "val_history": self.val_history,
                  "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
                          "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}}
         _save_atomic(state, self.last_path)
@@ -138,7 +147,7 @@ class Trainer:
             return False
         state = torch.load(self.last_path, map_location=self.device, weights_only=False)
         self.method.load_state_dict(state["method"])
-        self.step, self.best_val, self.best_step = state["step"], state["best_val"], state["best_step"]
+        self.step, self.best = state["step"], dict(state["best"])
         self.val_history = list(state["val_history"])
         rng = state["rng"]
         torch.set_rng_state(rng["torch"].cpu())
@@ -164,11 +173,26 @@ class Trainer:
         with self._autocast():
             return self.method.predict(x).float()
 
-    def validate(self) -> float:
+    def validate(self, split: str = "val") -> float:
+        """Mean Dice on `split` (the checkpoint-selection signal)."""
         self.method.train(False)
-        dice = validation_dice(self._predict, self.data.val, self.protocol.classes, self.cfg.patch_size, self.device)
+        volumes = self.data.val if split == "val" else self.data.test
+        dice = validation_dice(self._predict, volumes, self.protocol, self.cfg.patch_size, self.device)
         self.method.train(True)
         return dice
+
+    def _select(self, step: int) -> float:
+        """Evaluate each selection rule's split; keep the weights that improve it. Returns the val Dice."""
+        dices = {}
+        for selection in self.selections:
+            split = SELECTION_SPLITS[selection]
+            dices[split] = self.validate(split)
+            self.logger.log_metrics({f"{split}/dice": dices[split]}, step)
+            if dices[split] > self.best[selection][0]:
+                self.best[selection] = (dices[split], step)
+                _save_atomic({"modules": self.method.state_dict()["modules"], "step": step}, self.weights_path(selection))
+        self.val_history.append((step, dices["val"]))
+        return dices["val"]
 
     def fit(self) -> TrainResult:
         resumed = self.load_checkpoint()
@@ -201,13 +225,7 @@ class Trainer:
                     bar.update(step + 1, loss=metrics.get("train/loss", float("nan")))
                     sums, window = {}, 0
                 if (step + 1) % cfg.eval_every == 0 or last:
-                    dice = self.validate()
-                    self.val_history.append((step + 1, dice))
-                    self.logger.log_metrics({"val/dice": dice}, step + 1)
-                    if dice > self.best_val:
-                        self.best_val, self.best_step = dice, step + 1
-                        _save_atomic({"modules": self.method.state_dict()["modules"], "step": step + 1}, self.best_path)
-                    bar.update(step + 1, val=dice)
+                    bar.update(step + 1, val=self._select(step + 1))
                 if (step + 1) % cfg.checkpoint_every == 0 or last:
                     self.save_checkpoint()
                 bar.update(step + 1)
@@ -215,21 +233,24 @@ class Trainer:
         return self._final_test(steps_per_second=n_steps / elapsed if n_steps else float("nan"), wall=elapsed)
 
     def _final_test(self, steps_per_second: float, wall: float) -> TrainResult:
-        """Test metrics for the best-val and the last weights (idempotent: runs after the loop, also on resume)."""
+        """Test metrics for every kept checkpoint and the last weights (idempotent: runs after the loop, also
+        on resume). Rows stream to `cases_<checkpoint>.csv` in the run dir."""
         cases, summary = {}, {}
         last_state = self.method.state_dict()
-        for ckpt in CHECKPOINTS:
-            if ckpt == "best_val":
-                best = torch.load(self.best_path, map_location=self.device, weights_only=False)
-                self.method.load_state_dict(best, weights_only=True)
-            else:
+        for ckpt in [*self.selections, "last"]:
+            if ckpt == "last":
                 self.method.load_state_dict(last_state, weights_only=True)
+            else:
+                weights = torch.load(self.weights_path(ckpt), map_location=self.device, weights_only=False)
+                self.method.load_state_dict(weights, weights_only=True)
             self.method.train(False)
             cases[ckpt] = evaluate_cases(self._predict, self.data.test, self.protocol, self.class_names,
-                                         self.cfg.patch_size, self.device)
+                                         self.cfg.patch_size, self.device, self.eval_workers,
+                                         self.run_dir / f"cases_{ckpt}.csv")
             summary[ckpt] = summarize(cases[ckpt])
         self.method.train(True)
-        return TrainResult(cases, summary, self.best_val, self.best_step, steps_per_second, wall, self.val_history)
+        best_dice, best_step = self.best["best_val"]
+        return TrainResult(cases, summary, best_dice, best_step, steps_per_second, wall, self.val_history)
 
 
 class _NoBar:

@@ -50,15 +50,29 @@ def test_run_logs_to_mlflow_skips_finished_and_tables(tiny_suite, tmp_path, monk
     assert run.data.params["train.iterations"] == "4"
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "cases_best_val.csv", "cases_last.csv"} <= artifacts
+    for tag in ("cell_hash", "scoring_hash", "run_dir", "iterations"):
+        assert tag in run.data.tags, tag
     assert len(client.get_metric_history(run.info.run_id, "val/dice")) == 2
 
     again = invoke("run", "--suite", str(tiny_suite), "--tracking-uri", uri, "--device", "cpu")
     assert again.exit_code == 0 and "0 finished, 4 skipped" in again.output
 
+    evaluated = invoke("eval", "--run", run.info.run_id, "--postprocess", "largest_component",
+                       "--empty-prediction", "zero_all", "--tracking-uri", uri, "--device", "cpu", "--workers", "2")
+    assert evaluated.exit_code == 0, evaluated.output
+    assert "postprocess=largest_component" in evaluated.output and "empty_prediction=zero_all" in evaluated.output
+    after = client.get_run(run.info.run_id)
+    new = [k for k in after.data.metrics if k.startswith("eval/") and k.endswith("/best_val/dice")]
+    assert len(new) == 1 and after.info.status == "FINISHED"
+    assert "cases_best_val_reeval.csv" in {a.path for a in client.list_artifacts(run.info.run_id)}
+
     table = invoke("table", "--suite", str(tiny_suite), "--format", "latex", "--tracking-uri", uri)
     assert table.exit_code == 0, table.output
     assert r"\toprule" in table.output and "supervised" in table.output and "mean-teacher" in table.output
     assert "n=2 seeds" in table.output
+
+    unknown = invoke("eval", "--run", "0123456789abcdef", "--tracking-uri", uri)
+    assert unknown.exit_code != 0 and "no MLflow run" in unknown.output
 
 
 def test_a_failing_trial_is_marked_failed_with_its_reason(tiny_suite, tmp_path, monkeypatch):

@@ -39,7 +39,7 @@ def test_unknown_field_lists_valid_ones(tmp_path):
 
 def test_bad_empty_policy_names_the_choices(tmp_path):
     ev = {**GOOD["evaluation"], "empty_prediction": "ignore"}
-    with pytest.raises(ConfigError, match="evaluation.empty_prediction: must be one of zero, nan, error"):
+    with pytest.raises(ConfigError, match="evaluation.empty_prediction: must be one of worst, zero_all, dice0_hd0, error"):
         load_card(write_card(tmp_path, evaluation=ev))
 
 

@@ -95,3 +95,14 @@ def test_rows_follow_the_suite_method_order():
     md = render(order_rows(shuffled, ["sup_c", "method_a"]), "markdown", CTX)
     rows = [line.split("|")[1].strip() for line in md.splitlines() if line.startswith("| ") and "Method" not in line]
     assert rows == ["sup_c", "method_a", "mean_b"]
+
+
+def test_configs_of_one_method_are_never_averaged_together():
+    from benchmark.report.tables import label_cells
+
+    frame = long_frame()
+    frame["cell"], frame["iterations"] = "aaaaaaaa", "30000"
+    extra = frame[frame.method == "sup_c"].assign(cell="bbbbbbbb", iterations="300", dice=0.1)
+    md = render(label_cells(pd.concat([frame, extra])), "markdown", CTX)
+    assert "sup_c (iters 30000, aaaaaa)" in md and "sup_c (iters 300, bbbbbb)" in md
+    assert "| method_a |" in md  # a method with one config keeps its plain name

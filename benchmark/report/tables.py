@@ -30,10 +30,12 @@ class TableContext:
 def runs_to_long(frame: pd.DataFrame, checkpoint: str) -> pd.DataFrame:
     """One row per finished run: method, labeled_patients, labeled_rows, seed and the metrics of `checkpoint`."""
     if frame.empty:
-        return pd.DataFrame(columns=["method", "labeled_patients", "labeled_rows", "seed", *METRICS])
+        return pd.DataFrame(columns=["method", "cell", "iterations", "labeled_patients", "labeled_rows", "seed", *METRICS])
     prefix = f"metrics.test/{checkpoint}/"
     out = pd.DataFrame({
         "method": frame["tags.method"].astype(str),
+        "cell": frame.get("tags.cell_hash", pd.Series("", index=frame.index)).fillna("").astype(str),
+        "iterations": frame.get("tags.iterations", pd.Series("", index=frame.index)).fillna("").astype(str),
         "labeled_patients": frame["tags.labeled_patients"].astype(int),
         "labeled_rows": frame["tags.labeled_rows"].astype(int),
         "seed": frame["tags.seed"].astype(int),
@@ -44,10 +46,23 @@ def runs_to_long(frame: pd.DataFrame, checkpoint: str) -> pd.DataFrame:
     return out.reset_index(drop=True)
 
 
+def label_cells(long: pd.DataFrame) -> pd.DataFrame:
+    """A method trained under several configs (e.g. another --iterations) gets one row per config, labelled
+    `method (iters N, cell)`, so seeds of different configs are never averaged together."""
+    if "cell" not in long:
+        return long
+    out = long.copy()
+    counts = out.groupby(["labeled_patients", "method"])["cell"].transform("nunique")
+    several = counts > 1
+    out.loc[several, "method"] = (out.loc[several, "method"] + " (iters " + out.loc[several, "iterations"]
+                                  + ", " + out.loc[several, "cell"].str[:6] + ")")
+    return out
+
+
 def order_rows(long: pd.DataFrame, method_order: list[str]) -> pd.DataFrame:
     """Sort by labeled setting, then methods in `method_order` (others after, by name), then seed."""
     rank = {m: i for i, m in enumerate(method_order)}
-    key = long["method"].map(lambda m: (rank.get(m, len(rank)), m))
+    key = long["method"].map(lambda m: (rank.get(m.split(" (")[0], len(rank)), m))
     return (long.assign(_key=key).sort_values(["labeled_patients", "_key", "seed"], kind="stable")
             .drop(columns="_key").reset_index(drop=True))
 

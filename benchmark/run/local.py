@@ -17,7 +17,7 @@ import yaml
 from benchmark import catalog
 from benchmark.data.dataset import load_dataset
 from benchmark.run.trials import Trial
-from benchmark.train import CHECKPOINTS, Trainer, pick_device
+from benchmark.train import Trainer, pick_device
 
 
 @dataclass
@@ -45,12 +45,13 @@ def tags_of(trial: Trial, device: str) -> dict[str, str]:
     p = trial.protocol
     return {"method": trial.method, "dataset": trial.card.name, "labeled_patients": str(trial.labeled_patients),
             "labeled_rows": str(trial.labeled_rows), "seed": str(trial.seed), "suite": trial.suite,
-            "config_hash": trial.config_hash, "device": device, "checkpoint_rule": p.checkpoint,
+            "config_hash": trial.config_hash, "cell_hash": trial.cell_hash, "scoring_hash": p.scoring_hash,
+            "iterations": str(trial.train.iterations), "device": device, "checkpoint_rule": p.checkpoint,
             "hd_units": p.hd_units, "empty_prediction": p.empty_prediction, "protocol": p.describe()}
 
 
 def run_trial(trial: Trial, work_dir: Path, tracker=None, data_root: str | Path | None = None,
-              device: str = "auto", progress: bool = True) -> Outcome:
+              device: str = "auto", progress: bool = True, eval_workers: int = 0) -> Outcome:
     """Train and test one trial (resuming when its run dir holds a checkpoint)."""
     run_dir = run_dir_of(trial, work_dir)
     result_file = run_dir / "result.json"
@@ -64,7 +65,7 @@ def run_trial(trial: Trial, work_dir: Path, tracker=None, data_root: str | Path 
         if tracker is not None:
             from benchmark.track import harness_tags
 
-            tags = {**tags_of(trial, describe_device(dev)), **harness_tags()}
+            tags = {**tags_of(trial, describe_device(dev)), **harness_tags(), "run_dir": str(run_dir)}
             run = tracker.open_run(trial.name, trial.config_hash, tags, trial.resolved())
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(trial.resolved(), sort_keys=False))
@@ -73,16 +74,15 @@ def run_trial(trial: Trial, work_dir: Path, tracker=None, data_root: str | Path 
         method_cfg = method_cls.make_config(trial.method_config, trial.name)
         trainer = Trainer(data, method_cls, method_cfg, trial.train, trial.labeled_rows, trial.seed, run_dir,
                           trial.protocol, trial.card.classes, trial.card.in_channels, logger=run, device=str(dev),
-                          progress=progress, description=trial.name)
+                          progress=progress, description=trial.name, eval_workers=eval_workers)
         result = trainer.fit()
         flat = {"best_val_dice": result.best_val_dice, "best_step": float(result.best_step),
                 "steps_per_second": result.steps_per_second}
-        for ckpt in CHECKPOINTS:
-            flat.update({f"test/{ckpt}/{k}": v for k, v in result.summary[ckpt].items()})
-            result.cases[ckpt].to_csv(run_dir / f"cases_{ckpt}.csv", index=False)
+        for ckpt, summary in result.summary.items():
+            flat.update({f"test/{ckpt}/{k}": v for k, v in summary.items()})
         if run is not None:
             run.log_metrics(flat, trial.train.iterations)
-            for f in ("config.yaml", *(f"cases_{c}.csv" for c in CHECKPOINTS)):
+            for f in ("config.yaml", *(f"cases_{c}.csv" for c in result.summary)):
                 run.log_artifact(run_dir / f)
             run.finish()
         result_file.write_text(json.dumps(flat, indent=1))
@@ -102,7 +102,7 @@ def run_trial(trial: Trial, work_dir: Path, tracker=None, data_root: str | Path 
 
 def run_local(trials: Sequence[Trial], work_dir: Path, tracker=None, data_root: str | Path | None = None,
               device: str = "auto", progress: bool = True, force: bool = False,
-              on_outcome: Callable[[Outcome], None] | None = None) -> list[Outcome]:
+              on_outcome: Callable[[Outcome], None] | None = None, eval_workers: int = 0) -> list[Outcome]:
     """Run trials sequentially; `force` retrains finished ones (their run dir is cleared)."""
     outcomes = []
     for trial in trials:
@@ -112,7 +112,7 @@ def run_local(trials: Sequence[Trial], work_dir: Path, tracker=None, data_root: 
                 for r in tracker.runs(trial.config_hash, "FINISHED"):
                     tracker.client.set_tag(r.info.run_id, "superseded", "true")
                     tracker.client.set_terminated(r.info.run_id, "KILLED")
-        outcome = run_trial(trial, work_dir, tracker, data_root, device, progress)
+        outcome = run_trial(trial, work_dir, tracker, data_root, device, progress, eval_workers)
         outcomes.append(outcome)
         if on_outcome:
             on_outcome(outcome)
@@ -120,5 +120,5 @@ def run_local(trials: Sequence[Trial], work_dir: Path, tracker=None, data_root: 
 
 
 def _clear(run_dir: Path) -> None:
-    for f in ("last.pt", "best.pt", "result.json", "FAILED.txt"):
-        (run_dir / f).unlink(missing_ok=True)
+    for f in (*run_dir.glob("*.pt"), *run_dir.glob("cases_*.csv"), run_dir / "result.json", run_dir / "FAILED.txt"):
+        Path(f).unlink(missing_ok=True)

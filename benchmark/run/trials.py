@@ -52,6 +52,11 @@ class Trial:
     def config_hash(self) -> str:
         return stable_hash(self.resolved())
 
+    @property
+    def cell_hash(self) -> str:
+        """Identity of the table cell: the resolved config without the seed (seeds of one cell aggregate)."""
+        return stable_hash({k: v for k, v in self.resolved().items() if k != "seed"})
+
 
 def expand(suite: Suite, methods: Sequence[str] | None = None, seeds: Sequence[int] | None = None,
            iterations: int | None = None, data_root: str | Path | None = None,
