@@ -1,4 +1,5 @@
 import math
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -261,3 +262,19 @@ def test_metrics_module_does_not_import_medpy():
     names = {a.name for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom)) for a in n.names}
     modules = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
     assert not any("medpy" in (x or "") for x in names | modules)
+
+
+@settings(deadline=None, max_examples=60)
+@given(mask_pairs(3))
+def test_kdtree_alone_and_rings_alone_agree_with_the_edt(case):
+    pred, ref, spacing = case
+    if metrics._exact_scales(metrics._spacing(spacing, pred.ndim), pred.shape) is None:
+        spacing = None
+    want = metrics._surface_distances(pred, ref, spacing, method="edt")
+    no_rings = lambda scales: ((), (0,) * len(scales))  # noqa: E731
+    with mock.patch.object(metrics, "_rings", no_rings):  # every voxel through the k-d tree
+        tree_only = metrics._surface_distances(pred, ref, spacing, method="kdtree")
+    with mock.patch.object(metrics, "_RING_MIN_YIELD", 0):  # the rings never give up early
+        rings_first = metrics._surface_distances(pred, ref, spacing, method="kdtree")
+    for got in (tree_only, rings_first):
+        assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
