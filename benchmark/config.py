@@ -142,6 +142,9 @@ class EvaluationProtocol:
         if self.inference == "sliding_window" and not (self.patch and self.stride and len(self.patch) == len(self.stride) == 3):
             raise ConfigError(f"{where}: sliding_window needs patch and stride of 3 integers each "
                               f"(LA: patch [112, 112, 80], stride [18, 18, 4])")
+        if self.inference == "sliding_window" and any(not 0 < s <= p for s, p in zip(self.stride, self.patch)):
+            raise ConfigError(f"{where}: stride larger than the patch (or < 1) leaves voxels unseen: "
+                              f"patch {list(self.patch)}, stride {list(self.stride)}")
         if self.inference == "slicewise" and self.patch is not None and len(set(self.patch)) != 1:
             raise ConfigError(f"{where}.patch: slicewise inference uses a square patch, give one integer")
 
@@ -213,7 +216,12 @@ class DatasetCard:
 def load_card(path: Path) -> DatasetCard:
     """Read and validate a dataset card."""
     path = Path(path)
-    raw = read_yaml(path)
+    return parse_card(read_yaml(path), path)
+
+
+def parse_card(raw: dict[str, Any], path: Path) -> DatasetCard:
+    """Validate a card's mapping (from its YAML, or from a run's resolved config); `path` names it in errors."""
+    raw = {k: v for k, v in raw.items() if k not in ("split_fingerprint", "generator_version")}
     where = str(path)
     required = ("name", "format", "classes", "splits", "evaluation")
     missing = [k for k in required if k not in raw]

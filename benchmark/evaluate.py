@@ -62,6 +62,8 @@ def predict_slicewise(predict: Predictor, image: np.ndarray, patch: int, device:
 
 def window_starts(size: int, patch: int, stride: int) -> list[int]:
     """Window origins along one axis: every `stride`, the last one flush with the end (SS-Net placement)."""
+    if not 0 < stride <= patch:
+        raise ValueError(f"stride {stride} must be in 1..patch ({patch}), or voxels between windows go unseen")
     if size <= patch:
         return [0]
     return [min(i * stride, size - patch) for i in range(math.ceil((size - patch) / stride) + 1)]

@@ -35,6 +35,10 @@ def test_slicewise_nearest_recovers_piecewise_constant_images():
 @settings(max_examples=40, deadline=None)
 @given(size=st.integers(1, 60), patch=st.integers(1, 20), stride=st.integers(1, 20))
 def test_window_starts_cover_the_axis_and_end_flush(size, patch, stride):
+    if stride > patch:  # would leave gaps: refused
+        with pytest.raises(ValueError, match="stride"):
+            window_starts(size, patch, stride)
+        return
     starts = window_starts(size, patch, stride)
     covered = np.zeros(max(size, patch), bool)
     for s in starts:
@@ -111,6 +115,8 @@ def test_predict_case_applies_postprocessing():
 
 
 def test_sliding_window_protocol_needs_patch_and_stride():
+    with pytest.raises(ConfigError, match="stride larger than the patch"):
+        EvaluationProtocol(inference="sliding_window", patch=(8, 8, 8), stride=(4, 9, 4), classes=(1,)).validate("card", 2)
     with pytest.raises(ConfigError, match="sliding_window needs patch and stride"):
-        EvaluationProtocol(inference="sliding_window", patch=(112, 112, 80)).validate("card", 2)
+        EvaluationProtocol(inference="sliding_window", patch=(112, 112, 80), classes=(1,)).validate("card", 2)
     EvaluationProtocol(inference="sliding_window", patch=[112, 112, 80], stride=[18, 18, 4], classes=[1]).validate("card", 2)

@@ -10,7 +10,7 @@ import torch
 import yaml
 
 from benchmark import catalog
-from benchmark.config import ConfigError, EvaluationProtocol, TrainConfig, build_dataclass
+from benchmark.config import ConfigError, EvaluationProtocol, TrainConfig, build_dataclass, parse_card
 from benchmark.data.dataset import load_dataset
 from benchmark.evaluate import evaluate_cases, summarize
 from benchmark.train import build_method, pick_device
@@ -44,7 +44,7 @@ def evaluate_saved(saved: SavedModel, protocol_overrides: dict[str, Any], datase
                    csv_path: Path | None = None) -> tuple[EvaluationProtocol, dict[str, float]]:
     """Test metrics of saved weights under the card's protocol updated by `protocol_overrides`."""
     cfg = saved.config
-    card = catalog.get_card(dataset or cfg["dataset"]["name"])
+    card = catalog.get_card(dataset) if dataset else parse_card(cfg["dataset"], saved.weights.parent / "config.yaml")
     base = {**cfg["dataset"]["evaluation"], **protocol_overrides}
     protocol = build_dataclass(EvaluationProtocol, base, "bench eval: protocol")
     protocol.validate("bench eval: protocol", card.num_classes)
