@@ -210,8 +210,7 @@ def eval_(
         else:
             saved = SavedModel.from_file(checkpoint_file)
             dataset = catalog.get_suite(suite).dataset if suite else None
-        csv_path = saved.weights.parent / f"cases_{saved.weights.stem}_reeval.csv"
-        protocol, summary = evaluate_saved(saved, overrides, dataset, data_root, device, workers, csv_path)
+        protocol, summary, csv_path = evaluate_saved(saved, overrides, dataset, data_root, device, workers)
     except (ConfigError, UnknownNameError) as exc:
         _fail(str(exc))
     prefix = f"eval/{protocol.scoring_hash}/{saved.weights.stem}"
@@ -226,6 +225,14 @@ def eval_(
         tracked.set_tags({f"eval.{protocol.scoring_hash}": protocol.describe()})
         tracked.log_artifact(csv_path)
         console.print(f"logged to run {run} as {prefix}/*")
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def perf(ctx: typer.Context, what: str = typer.Argument("metrics", help="metrics: our metrics vs medpy")) -> None:
+    """Rerunnable speed benchmarks (needs the dev extra for medpy); extra options go to `python -m benchmark.perf`."""
+    from benchmark.perf import main as perf_main
+
+    raise typer.Exit(perf_main([what, *ctx.args]))
 
 
 @app.command()

@@ -30,7 +30,7 @@ from benchmark.config import EvaluationProtocol
 from benchmark.data.augment import resize_nearest
 from benchmark.data.formats import Volume
 from benchmark.masks import largest_component_per_class
-from benchmark.metrics import METRICS, class_metrics, dice_only
+from benchmark.metrics import METRICS, case_metrics, dice_only
 
 Predictor = Callable[[torch.Tensor], torch.Tensor]
 CASE_COLUMNS = ["case", "class", "class_name", *METRICS]
@@ -112,7 +112,7 @@ def predict_case(predict: Predictor, image: np.ndarray, protocol: EvaluationProt
 def score_case(name: str, pred: np.ndarray, ref: np.ndarray, classes: Sequence[int], class_names: Sequence[str],
                policy: str, spacing: Sequence[float] | None) -> list[dict]:
     """Rows (one per class) of one case; runs in a worker process when evaluation is parallel."""
-    per_class = class_metrics(pred, ref, classes, policy, spacing)
+    per_class = case_metrics(pred, ref, classes, spacing=spacing, policy=policy)
     return [{"case": name, "class": int(c), "class_name": class_names[c], **per_class[c]} for c in classes]
 
 

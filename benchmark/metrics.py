@@ -25,7 +25,7 @@ values are bit-identical to it, see `tests/test_metrics.py`):
                     surfaces have different sizes)
   dice, jaccard   = medpy `dc`, `jc`. Both masks empty: medpy 0.5.2 gives dc = NaN (a numpy 0/0; its
                     ZeroDivisionError branch, 1.0, is dead code) but jc = 1.0 (a Python 0/0, caught); the
-                    public `dice`/`jaccard` return the same. `case_metrics` applies the policies above first.
+                    public `dice`/`jaccard` return the same. `mask_metrics` applies the policies above first.
 Speed (same values): both masks are cropped to their joint bounding box (+1 voxel, clipped to the array;
 `_crop_box` argues why that changes nothing), the surfaces are taken once, the two directed distance sets
 are computed once each, and hd95, asd and assd all come from them. The distance sets come from one of:
@@ -375,7 +375,7 @@ def _empty_case(p_any: bool, r_any: bool, policy: str, shape: Sequence[int], spa
     return {m: (0.0 if m in ("dice", "jaccard") else math.nan) for m in which}
 
 
-def case_metrics(pred: np.ndarray, ref: np.ndarray, policy: str = "worst", spacing: Sequence[float] | None = None,
+def mask_metrics(pred: np.ndarray, ref: np.ndarray, policy: str = "worst", spacing: Sequence[float] | None = None,
                  which: Sequence[str] = METRICS) -> dict[str, float]:
     """Metrics of one binary mask pair (any dimensionality); empty masks follow `policy`."""
     pred, ref = np.asarray(pred, dtype=bool), np.asarray(ref, dtype=bool)
@@ -400,14 +400,15 @@ def case_metrics(pred: np.ndarray, ref: np.ndarray, policy: str = "worst", spaci
     return {m: values[m] for m in which}
 
 
-def class_metrics(pred_labels: np.ndarray, ref_labels: np.ndarray, classes: Sequence[int], policy: str = "worst",
-                  spacing: Sequence[float] | None = None,
-                  which: Sequence[str] = METRICS) -> dict[int, dict[str, float]]:
-    """`{c: case_metrics(pred_labels == c, ref_labels == c, policy, spacing, which) for c in classes}`."""
+def case_metrics(pred_labels: np.ndarray, ref_labels: np.ndarray, classes: Sequence[int],
+                 spacing: Sequence[float] | None = None, policy: str = "worst",
+                 which: Sequence[str] = METRICS) -> dict[int, dict[str, float]]:
+    """Every metric of every class of one case (label maps):
+    `{c: mask_metrics(pred_labels == c, ref_labels == c, policy, spacing, which) for c in classes}`."""
     pred_labels, ref_labels = np.asarray(pred_labels), np.asarray(ref_labels)
     if pred_labels.shape != ref_labels.shape:
         raise ValueError(f"pred {pred_labels.shape} and ref {ref_labels.shape} differ in shape")
-    return {int(c): case_metrics(pred_labels == c, ref_labels == c, policy, spacing, which) for c in classes}
+    return {int(c): mask_metrics(pred_labels == c, ref_labels == c, policy, spacing, which) for c in classes}
 
 
 def dice_only(pred: np.ndarray, ref: np.ndarray) -> float:

@@ -2,7 +2,7 @@
 
     python -m benchmark.perf metrics [--repeat N] [--medpy-repeat-large N] [--quick]
 
-`metrics`: medpy (`hd95` + `asd` of one class, as `case_metrics` used to compute them) against
+`metrics`: medpy (`hd95` + `asd` of one class, as `mask_metrics` used to compute them) against
 `benchmark.metrics.surface_metrics` on seeded synthetic cases: an LA-sized 112x112x80 patch and a full
 88x576x576 volume, each in voxel units and with a spacing that is not a short binary fraction (0.7 mm: the
 exact EDT path instead of the k-d tree, see `benchmark/metrics.py`), and the patch at LA's 0.625 mm (k-d

@@ -8,7 +8,7 @@ from medpy.metric import binary
 from scipy.ndimage import binary_erosion, distance_transform_edt, generate_binary_structure
 
 from benchmark import metrics
-from benchmark.metrics import (EmptyMaskError, asd, assd, case_metrics, class_metrics, dice, dice_only, hd95,
+from benchmark.metrics import (EmptyMaskError, asd, assd, mask_metrics, case_metrics, dice, dice_only, hd95,
                                jaccard, surface_metrics)
 
 
@@ -21,7 +21,7 @@ def random_masks(seed: int, shape=(4, 20, 20)) -> tuple[np.ndarray, np.ndarray]:
 @given(seed=st.integers(0, 10_000))
 def test_metrics_equal_medpy_on_random_masks(seed):
     pred, ref = random_masks(seed)
-    got = case_metrics(pred, ref)
+    got = mask_metrics(pred, ref)
     assert got["dice"] == pytest.approx(binary.dc(pred, ref))
     assert got["jaccard"] == pytest.approx(binary.jc(pred, ref))
     assert got["hd95"] == pytest.approx(binary.hd95(pred, ref))
@@ -31,28 +31,28 @@ def test_metrics_equal_medpy_on_random_masks(seed):
 
 def test_spacing_scales_distances():
     pred, ref = random_masks(3)
-    vox = case_metrics(pred, ref, spacing=None)
-    mm = case_metrics(pred, ref, spacing=(2.0, 2.0, 2.0))
+    vox = mask_metrics(pred, ref, spacing=None)
+    mm = mask_metrics(pred, ref, spacing=(2.0, 2.0, 2.0))
     assert mm["hd95"] == pytest.approx(2 * vox["hd95"]) and mm["dice"] == vox["dice"]
 
 
 def test_empty_prediction_policies():
     empty, ref = np.zeros((3, 8, 8), bool), np.ones((3, 8, 8), bool)
-    assert case_metrics(empty, ref, "zero_all") == {"dice": 0.0, "jaccard": 0.0, "hd95": 0.0, "asd": 0.0}
-    assert case_metrics(empty, ref, "dice0_hd0") == {"dice": 0.0, "jaccard": 0.0, "hd95": 0.0, "asd": 0.0}
-    worst = case_metrics(empty, ref, "worst")
+    assert mask_metrics(empty, ref, "zero_all") == {"dice": 0.0, "jaccard": 0.0, "hd95": 0.0, "asd": 0.0}
+    assert mask_metrics(empty, ref, "dice0_hd0") == {"dice": 0.0, "jaccard": 0.0, "hd95": 0.0, "asd": 0.0}
+    worst = mask_metrics(empty, ref, "worst")
     assert worst["dice"] == 0.0 and worst["hd95"] == worst["asd"] == pytest.approx(math.sqrt(9 + 64 + 64))
-    mm = case_metrics(empty, ref, "worst", spacing=(10.0, 1.5, 1.5))
+    mm = mask_metrics(empty, ref, "worst", spacing=(10.0, 1.5, 1.5))
     assert mm["hd95"] == pytest.approx(math.sqrt(30 ** 2 + 12 ** 2 + 12 ** 2))
-    nan = case_metrics(np.ones((3, 8, 8), bool), np.zeros((3, 8, 8), bool), "zero_all")
+    nan = mask_metrics(np.ones((3, 8, 8), bool), np.zeros((3, 8, 8), bool), "zero_all")
     assert nan["dice"] == 0.0 and math.isnan(nan["hd95"]) and math.isnan(nan["asd"])
     with pytest.raises(EmptyMaskError):
-        case_metrics(empty, ref, "error")
+        mask_metrics(empty, ref, "error")
 
 
 def test_empty_reference_with_a_prediction_is_not_scored_as_perfect():
     pred, ref = np.ones((2, 5, 5), bool), np.zeros((2, 5, 5), bool)
-    got = case_metrics(pred, ref, "zero_all")
+    got = mask_metrics(pred, ref, "zero_all")
     assert got["dice"] == 0.0 and math.isnan(got["hd95"])
 
 
@@ -126,7 +126,7 @@ def _check_against_medpy(pred, ref, spacing):
     assert got == {m: float(v) for m, v in want.items()}  # exactly, not approximately
     assert hd95(pred, ref, spacing) == want["hd95"] and asd(pred, ref, spacing) == want["asd"]
     assert assd(pred, ref, spacing) == want["assd"]
-    cm = case_metrics(pred, ref, "error", spacing, ("dice", "jaccard", "hd95", "asd", "assd"))
+    cm = mask_metrics(pred, ref, "error", spacing, ("dice", "jaccard", "hd95", "asd", "assd"))
     assert cm == got
 
 
@@ -212,19 +212,19 @@ def test_empty_masks_raise_empty_mask_error(fn):
 
 
 @pytest.mark.filterwarnings("ignore:invalid value encountered")  # medpy's own 0/0
-def test_overlap_of_two_empty_masks_as_medpy_but_policies_apply_in_case_metrics():
+def test_overlap_of_two_empty_masks_as_medpy_but_policies_apply_in_mask_metrics():
     none = np.zeros((3, 4), bool)
     assert math.isnan(dice(none, none)) and math.isnan(binary.dc(none, none))  # medpy: numpy 0/0
     assert jaccard(none, none) == binary.jc(none, none) == 1.0  # medpy: caught ZeroDivisionError
-    assert case_metrics(none, none, "zero_all") == {m: 0.0 for m in metrics.METRICS}
-    assert all(math.isnan(v) for v in case_metrics(none, none, "worst").values())
+    assert mask_metrics(none, none, "zero_all") == {m: 0.0 for m in metrics.METRICS}
+    assert all(math.isnan(v) for v in mask_metrics(none, none, "worst").values())
 
 
 def test_case_metrics_keeps_the_requested_order_and_rejects_unknown_metrics():
     pred, ref = random_masks(7)
-    assert list(case_metrics(pred, ref, which=("asd", "dice"))) == ["asd", "dice"]
+    assert list(mask_metrics(pred, ref, which=("asd", "dice"))) == ["asd", "dice"]
     with pytest.raises(KeyError):
-        case_metrics(pred, ref, which=("dice", "hd100"))
+        mask_metrics(pred, ref, which=("dice", "hd100"))
 
 
 def test_shape_mismatch_is_refused():
@@ -234,21 +234,21 @@ def test_shape_mismatch_is_refused():
 
 @pytest.mark.parametrize("policy", ["worst", "zero_all"])
 @pytest.mark.parametrize("spacing", [None, (1.5, 0.7, 0.7)])
-def test_class_metrics_equals_per_class_case_metrics(policy, spacing):
+def test_case_metrics_equals_per_class_mask_metrics(policy, spacing):
     rng = np.random.default_rng(11)
     ref = rng.integers(0, 3, (6, 16, 16))
     pred = np.where(rng.random(ref.shape) < 0.2, rng.integers(0, 3, ref.shape), ref)
     pred[pred == 2] = 0  # class 2 predicted nowhere: the empty policy applies
     ref[0, 0, 0] = 4  # class 4 only in the reference, class 3 nowhere
     classes = [1, 2, 3, 4]
-    got = class_metrics(pred, ref, classes, policy, spacing)
+    got = case_metrics(pred, ref, classes, spacing=spacing, policy=policy)
     assert list(got) == classes
     for c in classes:
-        want = case_metrics(pred == c, ref == c, policy, spacing)
+        want = mask_metrics(pred == c, ref == c, policy, spacing)
         assert got[c].keys() == want.keys()
         assert all(got[c][m] == want[m] or (math.isnan(got[c][m]) and math.isnan(want[m])) for m in want)
     with pytest.raises(EmptyMaskError):
-        class_metrics(pred, ref, classes, "error")
+        case_metrics(pred, ref, classes, policy="error")
 
 
 def test_exact_scales():
@@ -288,10 +288,10 @@ def test_kdtree_alone_and_rings_alone_agree_with_the_edt(case):
 def test_worst_policy_scores_false_positives_on_an_absent_class_at_the_diagonal():
     pred, ref = np.zeros((4, 6, 6), bool), np.zeros((4, 6, 6), bool)
     pred[1, 2, 2] = True
-    got = case_metrics(pred, ref, "worst")
+    got = mask_metrics(pred, ref, "worst")
     assert got["dice"] == 0.0 and got["hd95"] == pytest.approx(math.sqrt(16 + 36 + 36))
 
 
 def test_unknown_policy_is_refused():
     with pytest.raises(ValueError, match="valid: worst, zero_all, dice0_hd0, error"):
-        case_metrics(np.zeros((3, 3), bool), np.ones((3, 3), bool), "ignore")
+        mask_metrics(np.zeros((3, 3), bool), np.ones((3, 3), bool), "ignore")

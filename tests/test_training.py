@@ -107,3 +107,17 @@ def test_supervised_learns_synthetic_cardiac_structures(synthetic, tmp_path):
     assert result.summary["best_val"]["dice"] > 0.3, result.summary["best_val"]
     assert result.best_val_dice > 0.3
     assert all(result.summary["best_val"][f"dice/{c}"] > 0.15 for c in ("RV", "Myo", "LV"))
+
+
+def test_best_test_selection_is_kept_only_when_the_protocol_asks(synthetic, tmp_path):
+    card, data = synthetic
+    leaking = replace(card.evaluation, checkpoint="best_test")
+    rec = Recorder()
+    trainer = Trainer(data, Supervised, NoConfig(), replace(TINY, eval_every=3), 24, 0, tmp_path, leaking,
+                      card.classes, logger=rec, device="cpu", progress=False)
+    result = trainer.fit()
+    assert set(result.summary) == {"best_val", "best_test", "last"}
+    assert (tmp_path / "best_test.pt").exists() and (tmp_path / "cases_best_test.csv").exists()
+    assert "leaks" in leaking.describe()
+    plain = make_trainer(synthetic, tmp_path / "plain", method=Supervised).fit()
+    assert set(plain.summary) == {"best_val", "last"}

@@ -40,12 +40,14 @@ class SavedModel:
 
 
 def evaluate_saved(saved: SavedModel, protocol_overrides: dict[str, Any], dataset: str | None = None,
-                   data_root: str | Path | None = None, device: str = "auto", workers: int = 0,
-                   csv_path: Path | None = None) -> tuple[EvaluationProtocol, dict[str, float]]:
-    """Test metrics of saved weights under the card's protocol updated by `protocol_overrides`."""
+                   data_root: str | Path | None = None, device: str = "auto",
+                   workers: int = 0) -> tuple[EvaluationProtocol, dict[str, float], Path]:
+    """Test metrics of saved weights under the card's protocol updated by `protocol_overrides`; per-case
+    rows go to `cases_<weights>_eval-<scoring hash>.csv` beside the weights."""
     cfg = saved.config
     card = catalog.get_card(dataset) if dataset else parse_card(cfg["dataset"], saved.weights.parent / "config.yaml")
-    base = {**cfg["dataset"]["evaluation"], **protocol_overrides}
+    # --suite: that card's protocol; else the run's own (both updated by the overrides)
+    base = {**(dataclasses.asdict(card.evaluation) if dataset else cfg["dataset"]["evaluation"]), **protocol_overrides}
     protocol = build_dataclass(EvaluationProtocol, base, "bench eval: protocol")
     protocol.validate("bench eval: protocol", card.num_classes)
     method_cfg_values = {k: v for k, v in cfg["method"].items() if k != "name"}
@@ -59,8 +61,9 @@ def evaluate_saved(saved: SavedModel, protocol_overrides: dict[str, Any], datase
     method.train(False)
     data = load_dataset(card, data_root)
     volumes = data.test if protocol.test_split == "test" else data.val
+    csv_path = saved.weights.parent / f"cases_{saved.weights.stem}_eval-{protocol.scoring_hash}.csv"
     cases = evaluate_cases(method.predict, volumes, protocol, card.classes, train.patch_size, dev, workers, csv_path)
-    return protocol, summarize(cases)
+    return protocol, summarize(cases), csv_path
 
 
 def protocol_changes(protocol: EvaluationProtocol, original: dict[str, Any]) -> dict[str, Any]:
