@@ -87,9 +87,8 @@ def run(
         _fail(f"unknown executor {executor!r}; valid executors: local")
     try:
         spec = catalog.get_suite(suite)
-        method_list = _csv(methods)
-        trials = expand(spec, methods=None if method_list == ["all"] and spec.methods == "all" else method_list,
-                        seeds=_csv(seeds, int), iterations=iterations, data_root=data_root)
+        trials = expand(spec, methods=_csv(methods), seeds=_csv(seeds, int), iterations=iterations,
+                        data_root=data_root)
         tracker = None
         if not no_track:
             from benchmark.track import Tracker

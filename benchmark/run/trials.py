@@ -65,7 +65,7 @@ def expand(suite: Suite, methods: Sequence[str] | None = None, seeds: Sequence[i
     where = str(suite.path or suite.name)
     registry = catalog.methods()
     card = catalog.get_card(suite.dataset)
-    chosen = list(registry.names()) if (methods is None and suite.methods == "all") else list(methods or suite.methods)
+    chosen = list(methods or suite.methods) if (methods or suite.methods != "all") else ["all"]
     if chosen == ["all"]:
         chosen = registry.names()
     classes = {m: registry.get(m) for m in chosen}  # unknown names raise with the valid list
