@@ -11,6 +11,7 @@ test split is evaluated for every kept checkpoint and the last weights, per-case
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import random
 import time
@@ -32,6 +33,10 @@ from methods.base import Labeled, Method, MethodContext
 
 #: selection rule -> the split whose Dice it follows
 SELECTION_SPLITS = {"best_val": "val", "best_test": "test"}
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A training loss became NaN or inf: the trial stops instead of wasting the rest of its budget."""
 
 
 class RunLogger(Protocol):
@@ -220,6 +225,11 @@ class Trainer:
                 last = step == cfg.iterations - 1
                 if (step + 1) % cfg.log_every == 0 or last:
                     metrics = {f"train/{k}": float(v) / window for k, v in sums.items()}
+                    bad = {k: v for k, v in metrics.items() if not math.isfinite(v)}
+                    if bad:  # checked once per log window: no per-step host sync
+                        raise NonFiniteLossError(
+                            f"{', '.join(f'{k} = {v}' for k, v in bad.items())} within steps {step + 2 - window}.."
+                            f"{step + 1}; stopping this trial (too high a learning rate? bad input data?)")
                     metrics["train/lr"] = next(iter(self.method.optimizers().values())).param_groups[0]["lr"]
                     self.logger.log_metrics(metrics, step + 1)
                     bar.update(step + 1, loss=metrics.get("train/loss", float("nan")))

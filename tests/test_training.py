@@ -121,3 +121,23 @@ def test_best_test_selection_is_kept_only_when_the_protocol_asks(synthetic, tmp_
     assert "leaks" in leaking.describe()
     plain = make_trainer(synthetic, tmp_path / "plain", method=Supervised).fit()
     assert set(plain.summary) == {"best_val", "last"}
+
+
+class ExplodingMethod(Supervised):
+    """Supervised until step 3, then a NaN loss."""
+
+    def train_step(self, labeled, unlabeled, step):
+        out = super().train_step(labeled, unlabeled, step)
+        return {"loss": out["loss"] * float("nan")} if step >= 3 else out
+
+
+def test_a_nan_loss_stops_the_trial_with_a_clear_message(synthetic, tmp_path):
+    from benchmark.train import NonFiniteLossError
+
+    card, data = synthetic
+    cfg = replace(TINY, iterations=50, log_every=2)
+    trainer = Trainer(data, ExplodingMethod, NoConfig(), cfg, 24, 0, tmp_path, card.evaluation, card.classes,
+                      device="cpu", progress=False)
+    with pytest.raises(NonFiniteLossError, match=r"train/loss = nan within steps 3..4"):
+        trainer.fit()
+    assert trainer.step == 3  # stopped at the first log after the NaN, not after 50 steps
