@@ -1,6 +1,8 @@
 """Losses shared by the methods (SSL4MIS `utils/losses.py` semantics, written from PROTOCOLS.md §3.1)."""
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -21,6 +23,18 @@ def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return 0.5 * (F.cross_entropy(logits, target.long()) + dice_loss(logits.softmax(1), target))
 
 
-def softmax_mse(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
-    """Mean squared difference of the two softmax maps (Mean Teacher's consistency)."""
-    return F.mse_loss(student_logits.float().softmax(1), teacher_logits.float().softmax(1))
+def softmax_mse(student_logits: torch.Tensor, teacher_logits: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Squared difference of the two softmax maps (Mean Teacher's consistency): its mean, or with
+    reduction="none" the (B,C,H,W) map (SSL4MIS `softmax_mse_loss`, which UA-MT masks before summing)."""
+    return F.mse_loss(student_logits.float().softmax(1), teacher_logits.float().softmax(1), reduction=reduction)
+
+
+def entropy_map(probs: torch.Tensor, normalise: bool = False, eps: float = 1e-6) -> torch.Tensor:
+    """Per-pixel entropy -sum_c p log(p + eps) of softmax `probs` (B,C,H,W) -> (B,H,W), natural log.
+
+    eps = 1e-6 inside the log as SSL4MIS (`entropy_map`, UA-MT's uncertainty). With normalise=True the map is
+    divided by log(C), so a uniform softmax scores ~1 (SSL4MIS `entropy_loss_map`; `entropy_loss` is its mean).
+    """
+    probs = probs.float()
+    ent = -(probs * torch.log(probs + eps)).sum(1)
+    return ent / math.log(probs.shape[1]) if normalise else ent

@@ -1,0 +1,52 @@
+"""Entropy minimisation (Vu et al., CVPR 2019, ADVENT's direct EM) as SSL4MIS `train_entropy_minimization_2D.py`.
+
+One network, one forward on the whole batch (labeled + unlabeled). Facts checked in the SSL4MIS 2D script
+and `utils/losses.py::entropy_loss` (PROTOCOLS.md §3.1):
+
+- Unsupervised term: `entropy_loss(softmax, C=4)` = mean over batch and pixels of
+  -sum_c p log(p + 1e-6) / ln C, on the softmax of the WHOLE batch (labeled slices included).
+  SSL4MIS hard-codes C=4 (ACDC); here C is the task's number of classes, identical on ACDC.
+- Weight 0.1 * sigmoid_rampup(step // 150, 200), no zero period.
+- Supervised 0.5 * (CE + Dice) on the labeled part.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from benchmark.losses import dice_ce_loss, entropy_map
+from benchmark.schedules import consistency_weight
+from methods.base import METHODS, Labeled, Method, MethodContext
+
+
+@dataclass
+class EntropyMinConfig:
+    consistency: float = 0.1
+    consistency_rampup: float = 200.0   # in units of `rampup_unit` steps
+    rampup_unit: int = 150
+
+
+@METHODS.register("entropy-min", "normalised softmax entropy of the whole batch, weight ramped to 0.1 (SSL4MIS)")
+class EntropyMin(Method):
+    Config = EntropyMinConfig
+
+    def __init__(self, cfg: EntropyMinConfig, ctx: MethodContext) -> None:
+        super().__init__(cfg, ctx)
+        self.model = ctx.build_network()
+        self.optimizer = ctx.make_optimizer(self.model.parameters())
+
+    def train_step(self, labeled: Labeled, unlabeled: torch.Tensor | None, step: int) -> dict[str, torch.Tensor]:
+        cfg, n = self.cfg, labeled.image.shape[0]
+        images = labeled.image if unlabeled is None else torch.cat([labeled.image, unlabeled])
+        logits = self.model(images)
+        sup = dice_ce_loss(logits[:n], labeled.label)
+        ent = entropy_map(logits.float().softmax(1), normalise=True).mean()
+        weight = consistency_weight(step, cfg.consistency, cfg.consistency_rampup, cfg.rampup_unit)
+        loss = sup + weight * ent
+        self.update(loss, self.optimizer)
+        return {"loss": loss.detach(), "loss_sup": sup.detach(), "loss_ent": ent.detach(),
+                "cons_weight": torch.tensor(weight)}
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)

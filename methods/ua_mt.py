@@ -1,0 +1,113 @@
+"""Uncertainty-Aware Mean Teacher (Yu et al., MICCAI 2019) as SSL4MIS `train_uncertainty_aware_mean_teacher_2D.py`.
+
+Mean Teacher (`methods/mean_teacher.py`: same EMA update, decay 0.99, teacher kept in train mode) whose
+consistency only counts pixels where the teacher is confident. Facts checked in the SSL4MIS 2D script
+(PROTOCOLS.md §3.1):
+
+- Consistency target: the teacher's output on ONE noisy copy of the unlabeled batch (noise randn*0.1 clamped
+  to +-0.2), a forward pass of its own. The T=8 passes below only build the uncertainty map; they are not
+  the target (not their mean).
+- Uncertainty: T=8 further teacher passes, each on a fresh noisy copy. SSL4MIS batches them as 4 forwards
+  of the unlabeled batch repeated twice (each copy with its own noise); `passes_per_forward` = 2 keeps
+  that grouping, which matters only through the teacher's batch-norm statistics (train mode); 8 runs
+  all passes in one forward. Uncertainty = entropy -sum_c p log(p + 1e-6) of the mean softmax over the T
+  passes, natural log, not normalised.
+- Threshold: (0.75 + 0.25 * sigmoid_rampup(step, max_iterations)) * ln 2, ramped over the raw step (not
+  step // 150). ln 2 is the binary maximum entropy (the LA origin of the method), kept for 4-class ACDC as
+  in SSL4MIS. Mask = uncertainty < threshold, one value per pixel shared by all classes.
+- Consistency = sum(mask * (softmax(student) - softmax(teacher))^2) / (2 * sum(mask) + 1e-16): the sum runs
+  over classes too while sum(mask) counts pixels.
+- Weight 0.1 * sigmoid_rampup(step // 150, 200). Unlike MT there is NO zero period for the first 1000 steps.
+- Supervised 0.5 * (CE + Dice) on the labeled part of the student's single forward on the whole batch.
+Inference uses the student.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+
+import torch
+
+from benchmark.ema import ema_update
+from benchmark.losses import dice_ce_loss, entropy_map, softmax_mse
+from benchmark.schedules import consistency_weight, sigmoid_rampup
+from methods.base import METHODS, Labeled, Method, MethodContext
+
+
+@dataclass
+class UAMTConfig:
+    ema_decay: float = 0.99
+    consistency: float = 0.1
+    consistency_rampup: float = 200.0   # in units of `rampup_unit` steps
+    rampup_unit: int = 150
+    noise_std: float = 0.1
+    noise_clip: float = 0.2
+    uncertainty_passes: int = 8         # T
+    passes_per_forward: int = 2         # SSL4MIS: 4 forwards of the unlabeled batch repeated twice
+    threshold_start: float = 0.75       # threshold = (start + ramp * sigmoid_rampup(step, iterations)) * unit
+    threshold_ramp: float = 0.25
+    threshold_unit: float = math.log(2)
+
+
+def uncertainty_threshold(step: int, iterations: int, cfg: UAMTConfig) -> float:
+    """(0.75 + 0.25 * sigmoid_rampup(step, iterations)) * ln 2 with the defaults."""
+    return (cfg.threshold_start + cfg.threshold_ramp * sigmoid_rampup(step, iterations)) * cfg.threshold_unit
+
+
+def certainty_mask(mean_probs: torch.Tensor, threshold: float) -> torch.Tensor:
+    """1.0 where the entropy of the mean softmax (B,C,H,W) is below `threshold`, else 0.0; shape (B,1,H,W)."""
+    return (entropy_map(mean_probs) < threshold).float().unsqueeze(1)
+
+
+def masked_consistency(dist: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """sum(mask * dist) / (2 * sum(mask) + 1e-16), `dist` (B,C,H,W) and `mask` (B,1,H,W) as in SSL4MIS."""
+    return (mask * dist).sum() / (2 * mask.sum() + 1e-16)
+
+
+@METHODS.register("ua-mt", "Mean Teacher whose softmax-MSE counts only pixels of low teacher entropy over 8 noisy passes (SSL4MIS)")
+class UAMT(Method):
+    Config = UAMTConfig
+
+    def __init__(self, cfg: UAMTConfig, ctx: MethodContext) -> None:
+        super().__init__(cfg, ctx)
+        if cfg.uncertainty_passes % cfg.passes_per_forward:
+            raise ValueError("uncertainty_passes must be a multiple of passes_per_forward")
+        self.model = ctx.build_network()
+        self.teacher = copy.deepcopy(self.model)
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+        self.optimizer = ctx.make_optimizer(self.model.parameters())
+
+    def _noisy(self, x: torch.Tensor) -> torch.Tensor:
+        return x + (torch.randn_like(x) * self.cfg.noise_std).clamp(-self.cfg.noise_clip, self.cfg.noise_clip)
+
+    @torch.no_grad()
+    def teacher_mean_probs(self, unlabeled: torch.Tensor) -> torch.Tensor:
+        """Mean softmax of the teacher over `uncertainty_passes` noisy copies of `unlabeled`."""
+        cfg, b = self.cfg, unlabeled.shape[0]
+        k = cfg.passes_per_forward
+        total = None
+        for _ in range(cfg.uncertainty_passes // k):
+            probs = self.teacher(self._noisy(unlabeled.repeat(k, 1, 1, 1))).float().softmax(1)
+            part = probs.reshape(k, b, *probs.shape[1:]).sum(0)
+            total = part if total is None else total + part
+        return total / cfg.uncertainty_passes
+
+    def train_step(self, labeled: Labeled, unlabeled: torch.Tensor | None, step: int) -> dict[str, torch.Tensor]:
+        cfg, n = self.cfg, labeled.image.shape[0]
+        logits = self.model(torch.cat([labeled.image, unlabeled]))
+        sup = dice_ce_loss(logits[:n], labeled.label)
+        with torch.no_grad():
+            teacher_logits = self.teacher(self._noisy(unlabeled))
+        mask = certainty_mask(self.teacher_mean_probs(unlabeled), uncertainty_threshold(step, self.ctx.iterations, cfg))
+        cons = masked_consistency(softmax_mse(logits[n:], teacher_logits, reduction="none"), mask)
+        weight = consistency_weight(step, cfg.consistency, cfg.consistency_rampup, cfg.rampup_unit)
+        loss = sup + weight * cons
+        self.update(loss, self.optimizer)
+        ema_update(self.teacher, self.model, cfg.ema_decay, step)
+        return {"loss": loss.detach(), "loss_sup": sup.detach(), "loss_cons": cons.detach(),
+                "cons_weight": torch.tensor(weight), "mask_ratio": mask.mean()}
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
