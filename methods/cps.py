@@ -47,7 +47,7 @@ def cross_pseudo_losses(logits1: torch.Tensor, logits2: torch.Tensor) -> tuple[t
     return F.cross_entropy(logits1.float(), pseudo2), F.cross_entropy(logits2.float(), pseudo1)
 
 
-@METHODS.register("cps", "two independently initialised UNets, cross CE on each other's argmax, ramped to 0.1 (SSL4MIS)")
+@METHODS.register("cps", "two UNets, cross CE on each other's argmax, ramped to 0.1 (SSL4MIS)")
 class CPS(Method):
     Config = CPSConfig
 
