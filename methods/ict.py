@@ -64,7 +64,8 @@ def interpolation_target(teacher: nn.Module, u0: torch.Tensor, u1: torch.Tensor,
     return mixup(teacher(u0).float().softmax(1), teacher(u1).float().softmax(1), lam)
 
 
-@METHODS.register("ict", "EMA teacher, Beta(0.2,0.2) mixup of unlabeled pairs, softmax-MSE to mixed target, 0.1 (SSL4MIS)")
+@METHODS.register("ict", "EMA teacher, Beta(0.2,0.2) mixup of unlabeled pairs, softmax-MSE to the mixed "
+                         "target ramped to 0.1 (SSL4MIS)")
 class ICT(Method):
     Config = ICTConfig
 
