@@ -1,8 +1,18 @@
 """The EMA teacher update shared by Mean Teacher and its descendants."""
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
+
+
+def frozen_copy(model: nn.Module) -> nn.Module:
+    """A copy of `model` whose parameters take no gradient: the starting point of an EMA teacher."""
+    teacher = copy.deepcopy(model)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher
 
 
 @torch.no_grad()

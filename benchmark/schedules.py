@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 from benchmark.config import TrainConfig
 
@@ -26,3 +27,16 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
     if cfg.lr_schedule == "step":
         return 0.1 ** (step // cfg.step_size)
     return 1.0
+
+
+@dataclass
+class RampedConsistency:
+    """Config mixin for the SSL4MIS consistency weight: `consistency` * sigmoid ramp-up over
+    step // `rampup_unit`, full after `consistency_rampup` units (0.1, 200, 150: full at step 30 000)."""
+
+    consistency: float = 0.1
+    consistency_rampup: float = 200.0   # in units of `rampup_unit` steps
+    rampup_unit: int = 150
+
+    def consistency_weight(self, step: int) -> float:
+        return consistency_weight(step, self.consistency, self.consistency_rampup, self.rampup_unit)

@@ -29,15 +29,13 @@ import torch
 import torch.nn.functional as F
 
 from benchmark.losses import dice_ce_loss
-from benchmark.schedules import consistency_weight
+from benchmark.schedules import RampedConsistency
 from methods.base import METHODS, Labeled, Method, MethodContext
 
 
 @dataclass
-class CPSConfig:
-    consistency: float = 0.1
-    consistency_rampup: float = 200.0   # in units of `rampup_unit` steps
-    rampup_unit: int = 150
+class CPSConfig(RampedConsistency):
+    """Only the SSL4MIS consistency weight: 0.1, ramped over step // 150 for 200 units."""
 
 
 def cross_pseudo_losses(logits1: torch.Tensor, logits2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -67,7 +65,7 @@ class CPS(Method):
         sup1 = dice_ce_loss(logits1[:n], labeled.label)
         sup2 = dice_ce_loss(logits2[:n], labeled.label)
         cps1, cps2 = cross_pseudo_losses(logits1[n:], logits2[n:])
-        weight = consistency_weight(step, cfg.consistency, cfg.consistency_rampup, cfg.rampup_unit)
+        weight = cfg.consistency_weight(step)
         loss1, loss2 = sup1 + weight * cps1, sup2 + weight * cps2
         loss = loss1 + loss2
         self.optimizer1.zero_grad(set_to_none=True)

@@ -16,15 +16,13 @@ from dataclasses import dataclass
 import torch
 
 from benchmark.losses import dice_ce_loss, entropy_map
-from benchmark.schedules import consistency_weight
+from benchmark.schedules import RampedConsistency
 from methods.base import METHODS, Labeled, Method, MethodContext
 
 
 @dataclass
-class EntropyMinConfig:
-    consistency: float = 0.1
-    consistency_rampup: float = 200.0   # in units of `rampup_unit` steps
-    rampup_unit: int = 150
+class EntropyMinConfig(RampedConsistency):
+    """Only the SSL4MIS consistency weight: 0.1, ramped over step // 150 for 200 units."""
 
 
 @METHODS.register("entropy-min", "normalised softmax entropy of the whole batch, weight ramped to 0.1 (SSL4MIS)")
@@ -42,7 +40,7 @@ class EntropyMin(Method):
         logits = self.model(images)
         sup = dice_ce_loss(logits[:n], labeled.label)
         ent = entropy_map(logits.float().softmax(1), normalise=True).mean()
-        weight = consistency_weight(step, cfg.consistency, cfg.consistency_rampup, cfg.rampup_unit)
+        weight = cfg.consistency_weight(step)
         loss = sup + weight * ent
         self.update(loss, self.optimizer)
         return {"loss": loss.detach(), "loss_sup": sup.detach(), "loss_ent": ent.detach(),

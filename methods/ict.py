@@ -31,17 +31,14 @@ from torch import nn
 
 from benchmark.ema import ema_update
 from benchmark.losses import dice_ce_loss
-from benchmark.schedules import consistency_weight
+from benchmark.schedules import RampedConsistency
 from methods.base import METHODS, Labeled, Method, MethodContext
 
 
 @dataclass
-class ICTConfig:
+class ICTConfig(RampedConsistency):
     ict_alpha: float = 0.2
     ema_decay: float = 0.99
-    consistency: float = 0.1
-    consistency_rampup: float = 200.0   # in units of `rampup_unit` steps
-    rampup_unit: int = 150
 
 
 def mixup(a: torch.Tensor, b: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
@@ -94,7 +91,7 @@ class ICT(Method):
         target = interpolation_target(self.teacher, u0, u1, lam)
         sup = dice_ce_loss(logits[:n], labeled.label)
         cons = torch.mean((logits[n:].float().softmax(1) - target) ** 2)
-        weight = consistency_weight(step, cfg.consistency, cfg.consistency_rampup, cfg.rampup_unit)
+        weight = cfg.consistency_weight(step)
         loss = sup + weight * cons
         self.update(loss, self.optimizer)
         ema_update(self.teacher, self.model, cfg.ema_decay, step)

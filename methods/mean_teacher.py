@@ -7,23 +7,19 @@ forced to 0 for the first 1000 steps. Inference uses the student.
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import torch
 
-from benchmark.ema import ema_update
+from benchmark.ema import ema_update, frozen_copy
 from benchmark.losses import dice_ce_loss, softmax_mse
-from benchmark.schedules import consistency_weight
+from benchmark.schedules import RampedConsistency
 from methods.base import METHODS, Labeled, Method, MethodContext
 
 
 @dataclass
-class MeanTeacherConfig:
+class MeanTeacherConfig(RampedConsistency):
     ema_decay: float = 0.99
-    consistency: float = 0.1
-    consistency_rampup: float = 200.0   # in units of `rampup_unit` steps
-    rampup_unit: int = 150
     consistency_start: int = 1000       # no consistency before this step (SSL4MIS)
     noise_std: float = 0.1
     noise_clip: float = 0.2
@@ -36,9 +32,7 @@ class MeanTeacher(Method):
     def __init__(self, cfg: MeanTeacherConfig, ctx: MethodContext) -> None:
         super().__init__(cfg, ctx)
         self.model = ctx.build_network()
-        self.teacher = copy.deepcopy(self.model)
-        for p in self.teacher.parameters():
-            p.requires_grad_(False)
+        self.teacher = frozen_copy(self.model)
         self.optimizer = ctx.make_optimizer(self.model.parameters())
 
     def train_step(self, labeled: Labeled, unlabeled: torch.Tensor | None, step: int) -> dict[str, torch.Tensor]:
@@ -48,7 +42,7 @@ class MeanTeacher(Method):
         noise = (torch.randn_like(unlabeled) * cfg.noise_std).clamp(-cfg.noise_clip, cfg.noise_clip)
         with torch.no_grad():
             teacher_logits = self.teacher(unlabeled + noise)
-        weight = consistency_weight(step, cfg.consistency, cfg.consistency_rampup, cfg.rampup_unit)
+        weight = cfg.consistency_weight(step)
         cons = softmax_mse(logits[n:], teacher_logits) if step >= cfg.consistency_start else logits.new_zeros(())
         loss = sup + weight * cons
         self.update(loss, self.optimizer)

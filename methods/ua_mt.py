@@ -23,24 +23,20 @@ Inference uses the student.
 """
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass
 
 import torch
 
-from benchmark.ema import ema_update
+from benchmark.ema import ema_update, frozen_copy
 from benchmark.losses import dice_ce_loss, entropy_map, softmax_mse
-from benchmark.schedules import consistency_weight, sigmoid_rampup
+from benchmark.schedules import RampedConsistency, sigmoid_rampup
 from methods.base import METHODS, Labeled, Method, MethodContext
 
 
 @dataclass
-class UAMTConfig:
+class UAMTConfig(RampedConsistency):
     ema_decay: float = 0.99
-    consistency: float = 0.1
-    consistency_rampup: float = 200.0   # in units of `rampup_unit` steps
-    rampup_unit: int = 150
     noise_std: float = 0.1
     noise_clip: float = 0.2
     uncertainty_passes: int = 8         # T
@@ -74,9 +70,7 @@ class UAMT(Method):
         if cfg.uncertainty_passes % cfg.passes_per_forward:
             raise ValueError("uncertainty_passes must be a multiple of passes_per_forward")
         self.model = ctx.build_network()
-        self.teacher = copy.deepcopy(self.model)
-        for p in self.teacher.parameters():
-            p.requires_grad_(False)
+        self.teacher = frozen_copy(self.model)
         self.optimizer = ctx.make_optimizer(self.model.parameters())
 
     def _noisy(self, x: torch.Tensor) -> torch.Tensor:
@@ -102,7 +96,7 @@ class UAMT(Method):
             teacher_logits = self.teacher(self._noisy(unlabeled))
         mask = certainty_mask(self.teacher_mean_probs(unlabeled), uncertainty_threshold(step, self.ctx.iterations, cfg))
         cons = masked_consistency(softmax_mse(logits[n:], teacher_logits, reduction="none"), mask)
-        weight = consistency_weight(step, cfg.consistency, cfg.consistency_rampup, cfg.rampup_unit)
+        weight = cfg.consistency_weight(step)
         loss = sup + weight * cons
         self.update(loss, self.optimizer)
         ema_update(self.teacher, self.model, cfg.ema_decay, step)
