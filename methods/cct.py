@@ -1,0 +1,60 @@
+"""Cross-Consistency Training (Ouali et al., CVPR 2020) as SSL4MIS `train_cross_consistency_training_2D.py`.
+
+Network `UNetCCT` (`benchmark/nets/unet_variants.py`, SSL4MIS `unet_cct`): one encoder, a main decoder and 3
+auxiliary decoders fed perturbed encoder features (feature noise, dropout, feature dropout). Facts checked in
+the SSL4MIS script (PROTOCOLS.md §3.1):
+
+- One forward of the whole batch (labeled + unlabeled) gives (main, aux1, aux2, aux3).
+- Supervised = (CE_main + CE_aux1..3 + Dice_main + Dice_aux1..3) / 8 on the labeled part, i.e. the mean over
+  the 4 outputs of 0.5 * (CE + Dice).
+- Consistency = mean over the 3 auxiliary decoders of mean((softmax(main) - softmax(aux_k))^2) on the
+  unlabeled part. The main softmax is NOT detached: the gradient flows into both decoders.
+- Weight 0.1 * sigmoid_rampup(step // 150, 200); no zero period at the start.
+Inference uses the main decoder only.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from benchmark.losses import dice_ce_loss, softmax_mse
+from benchmark.nets.unet_variants import UNetCCT
+from benchmark.schedules import consistency_weight
+from methods.base import METHODS, Labeled, Method, MethodContext
+
+
+@dataclass
+class CCTConfig:
+    consistency: float = 0.1
+    consistency_rampup: float = 200.0   # in units of `rampup_unit` steps
+    rampup_unit: int = 150
+
+
+def cct_consistency(main_logits: torch.Tensor, aux_logits: list[torch.Tensor]) -> torch.Tensor:
+    """Mean over auxiliary outputs of the mean squared softmax difference to the (not detached) main output."""
+    return torch.stack([softmax_mse(aux, main_logits) for aux in aux_logits]).mean()
+
+
+@METHODS.register("cct", "shared encoder, 3 auxiliary decoders on perturbed features, softmax-MSE to the main decoder (SSL4MIS)")
+class CCT(Method):
+    Config = CCTConfig
+
+    def __init__(self, cfg: CCTConfig, ctx: MethodContext) -> None:
+        super().__init__(cfg, ctx)
+        self.model = UNetCCT(ctx.in_channels, ctx.num_classes)
+        self.optimizer = ctx.make_optimizer(self.model.parameters())
+
+    def train_step(self, labeled: Labeled, unlabeled: torch.Tensor | None, step: int) -> dict[str, torch.Tensor]:
+        cfg, n = self.cfg, labeled.image.shape[0]
+        outputs = self.model(torch.cat([labeled.image, unlabeled]))
+        sup = torch.stack([dice_ce_loss(o[:n], labeled.label) for o in outputs]).mean()
+        cons = cct_consistency(outputs[0][n:], [o[n:] for o in outputs[1:]])
+        weight = consistency_weight(step, cfg.consistency, cfg.consistency_rampup, cfg.rampup_unit)
+        loss = sup + weight * cons
+        self.update(loss, self.optimizer)
+        return {"loss": loss.detach(), "loss_sup": sup.detach(), "loss_cons": cons.detach(),
+                "cons_weight": torch.tensor(weight)}
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_main(x)
