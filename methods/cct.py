@@ -20,15 +20,13 @@ import torch
 
 from benchmark.losses import dice_ce_loss, softmax_mse
 from benchmark.nets.unet_variants import UNetCCT
-from benchmark.schedules import consistency_weight
+from benchmark.schedules import RampedConsistency
 from methods.base import METHODS, Labeled, Method, MethodContext
 
 
 @dataclass
-class CCTConfig:
-    consistency: float = 0.1
-    consistency_rampup: float = 200.0   # in units of `rampup_unit` steps
-    rampup_unit: int = 150
+class CCTConfig(RampedConsistency):
+    """Only the SSL4MIS consistency weight: 0.1, ramped over step // 150 for 200 units."""
 
 
 def cct_consistency(main_logits: torch.Tensor, aux_logits: list[torch.Tensor]) -> torch.Tensor:
@@ -50,7 +48,7 @@ class CCT(Method):
         outputs = self.model(torch.cat([labeled.image, unlabeled]))
         sup = torch.stack([dice_ce_loss(o[:n], labeled.label) for o in outputs]).mean()
         cons = cct_consistency(outputs[0][n:], [o[n:] for o in outputs[1:]])
-        weight = consistency_weight(step, cfg.consistency, cfg.consistency_rampup, cfg.rampup_unit)
+        weight = cfg.consistency_weight(step)
         loss = sup + weight * cons
         self.update(loss, self.optimizer)
         return {"loss": loss.detach(), "loss_sup": sup.detach(), "loss_cons": cons.detach(),

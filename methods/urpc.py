@@ -27,15 +27,13 @@ import torch.nn.functional as F
 
 from benchmark.losses import dice_ce_loss
 from benchmark.nets.unet_variants import UNetURPC
-from benchmark.schedules import consistency_weight
+from benchmark.schedules import RampedConsistency
 from methods.base import METHODS, Labeled, Method, MethodContext
 
 
 @dataclass
-class URPCConfig:
-    consistency: float = 0.1
-    consistency_rampup: float = 200.0   # in units of `rampup_unit` steps
-    rampup_unit: int = 150
+class URPCConfig(RampedConsistency):
+    """Only the SSL4MIS consistency weight: 0.1, ramped over step // 150 for 200 units."""
 
 
 def rectified_consistency(logits: list[torch.Tensor]) -> torch.Tensor:
@@ -65,7 +63,7 @@ class URPC(Method):
         outputs = self.model(torch.cat([labeled.image, unlabeled]))
         sup = torch.stack([dice_ce_loss(o[:n], labeled.label) for o in outputs]).mean()
         cons = rectified_consistency([o[n:] for o in outputs])
-        weight = consistency_weight(step, cfg.consistency, cfg.consistency_rampup, cfg.rampup_unit)
+        weight = cfg.consistency_weight(step)
         loss = sup + weight * cons
         self.update(loss, self.optimizer)
         return {"loss": loss.detach(), "loss_sup": sup.detach(), "loss_cons": cons.detach(),
