@@ -1,0 +1,63 @@
+"""SSL4MIS `FCDiscriminator` (HiLab-git/SSL4MIS @06df604 `code/networks/discriminator.py`), written from its
+description (PROTOCOLS.md §3.1, DAN).
+
+Checked facts of the 2D reference:
+- conv0 (softmax map, C -> 64) and conv1 (image, in_channels -> 64), each 4x4 stride 2 padding 1, are summed,
+  with NO activation or dropout after the sum (the 3D variant has them; the 2D one does not).
+- conv2 64->128, conv3 128->256: each 4x4 s2 p1, then LeakyReLU(0.2) and Dropout2d(0.5);
+  conv4 256->512 4x4 s2 p1, then LeakyReLU(0.2) only.
+- AvgPool2d(7) (stride 7), flatten, Linear(ndf * 32 = 2048, 2). The 2048 inputs mean the pooled map must be
+  2x2: at the reference's 256x256 patches conv4 gives 16x16, and pooling 7 with stride 7 keeps the windows
+  [0:7] and [7:14] of each axis (rows/columns 14 and 15 are dropped). Adaptive pooling to 2x2 would average
+  [0:8] and [8:16] instead, so it is NOT used.
+
+Other sizes: `input_size` (the training patch side) fixes the Linear's width, so the net is the reference
+exactly at 256 and the same recipe (AvgPool 7 then flatten) at any size whose conv4 map is >= 7 (input >= 112).
+Below that (tiny test patches only) the pool kernel shrinks to the whole conv4 map, a global average.
+The forward pass checks the input size, so a mismatch fails loudly instead of silently.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def _conv_out(size: int) -> int:
+    """Spatial size after a 4x4, stride 2, padding 1 conv."""
+    return (size + 2 - 4) // 2 + 1
+
+
+class FCDiscriminator(nn.Module):
+    """`FCDiscriminator(num_classes, in_channels, input_size=256)(softmax_map, image) -> (B, 2)` logits."""
+
+    POOL = 7
+
+    def __init__(self, num_classes: int, in_channels: int = 1, ndf: int = 64, input_size: int = 256) -> None:
+        super().__init__()
+        self.input_size = input_size
+        self.conv0 = nn.Conv2d(num_classes, ndf, 4, stride=2, padding=1)
+        self.conv1 = nn.Conv2d(in_channels, ndf, 4, stride=2, padding=1)
+        self.conv2 = nn.Conv2d(ndf, ndf * 2, 4, stride=2, padding=1)
+        self.conv3 = nn.Conv2d(ndf * 2, ndf * 4, 4, stride=2, padding=1)
+        self.conv4 = nn.Conv2d(ndf * 4, ndf * 8, 4, stride=2, padding=1)
+        self.leaky_relu = nn.LeakyReLU(0.2)
+        self.dropout = nn.Dropout2d(0.5)
+        side = input_size
+        for _ in range(4):
+            side = _conv_out(side)
+        if side < 1:
+            raise ValueError(f"FCDiscriminator input_size {input_size} is too small (needs >= 16)")
+        kernel = min(self.POOL, side)
+        self.avgpool = nn.AvgPool2d(kernel)
+        pooled = (side - kernel) // kernel + 1
+        self.classifier = nn.Linear(ndf * 8 * pooled * pooled, 2)
+
+    def forward(self, prob_map: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        if tuple(prob_map.shape[-2:]) != (self.input_size, self.input_size):
+            raise ValueError(f"FCDiscriminator was built for {self.input_size}x{self.input_size} inputs, "
+                             f"got {tuple(prob_map.shape[-2:])}; set the method's disc_input_size to the patch size")
+        x = self.conv0(prob_map) + self.conv1(image)
+        x = self.dropout(self.leaky_relu(self.conv2(x)))
+        x = self.dropout(self.leaky_relu(self.conv3(x)))
+        x = self.leaky_relu(self.conv4(x))
+        return self.classifier(self.avgpool(x).flatten(1))
