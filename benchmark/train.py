@@ -85,7 +85,8 @@ def make_optimizer_factory(cfg: TrainConfig):
 def build_method(method_cls: type[Method], method_cfg: Any, cfg: TrainConfig, in_channels: int,
                  num_classes: int) -> Method:
     """Instantiate a method with its networks and optimisers (the Trainer's and `bench eval`'s one way)."""
-    ctx = MethodContext(in_channels, num_classes, cfg.iterations, cfg.network, make_optimizer_factory(cfg))
+    ctx = MethodContext(in_channels, num_classes, cfg.iterations, cfg.network, make_optimizer_factory(cfg),
+                        cfg.patch_size)
     return method_cls(method_cfg, ctx)
 
 

@@ -20,7 +20,8 @@ What the reference does, and this module does too:
 Departure: the reference's adversarial CE target is `DAN_target[:labeled_bs]`, which needs
 labeled_bs == unlabeled_bs (12 + 12 there); here the target has one "labeled" entry per unlabeled image.
 The discriminator's Linear width depends on the training patch size (see `benchmark/nets/discriminator.py`),
-so `disc_input_size` must equal the Trainer's patch_size (256 as in the reference); a mismatch raises.
+so it is built for the Trainer's patch_size (256 as in the reference) unless `disc_input_size` is set;
+a mismatch raises.
 """
 from __future__ import annotations
 
@@ -31,21 +32,18 @@ import torch.nn.functional as F
 
 from benchmark.losses import dice_ce_loss
 from benchmark.nets.discriminator import FCDiscriminator
-from benchmark.schedules import consistency_weight
+from benchmark.schedules import RampedConsistency
 from methods.base import METHODS, Labeled, Method, MethodContext
 
 LABELED, UNLABELED = 1, 0  # the discriminator's classes
 
 
 @dataclass
-class DANConfig:
-    consistency: float = 0.1
-    consistency_rampup: float = 200.0   # in units of `rampup_unit` steps
-    rampup_unit: int = 150
+class DANConfig(RampedConsistency):
     d_lr: float = 1e-4
     d_beta1: float = 0.9
     d_beta2: float = 0.99
-    disc_input_size: int = 256          # must equal the training patch size
+    disc_input_size: int = 0            # 0: the training patch size (the discriminator's Linear depends on it)
 
 
 def adversarial_loss(d_logits: torch.Tensor) -> torch.Tensor:
@@ -65,7 +63,7 @@ class DAN(Method):
     def __init__(self, cfg: DANConfig, ctx: MethodContext) -> None:
         super().__init__(cfg, ctx)
         self.model = ctx.build_network()
-        self.discriminator = FCDiscriminator(ctx.num_classes, ctx.in_channels, input_size=cfg.disc_input_size)
+        self.discriminator = FCDiscriminator(ctx.num_classes, ctx.in_channels, input_size=cfg.disc_input_size or ctx.patch_size)
         self.optimizer = ctx.make_optimizer(self.model.parameters())
         self.d_optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=cfg.d_lr,
                                             betas=(cfg.d_beta1, cfg.d_beta2))
@@ -82,7 +80,7 @@ class DAN(Method):
         logits = self.model(x)
         sup = dice_ce_loss(logits[:n], labeled.label)
         adv = adversarial_loss(self.discriminator(logits[n:].float().softmax(1), unlabeled))
-        weight = consistency_weight(step, cfg.consistency, cfg.consistency_rampup, cfg.rampup_unit)
+        weight = cfg.consistency_weight(step)
         loss = sup + weight * adv
         self.update(loss, self.optimizer)  # D's grads from this pass are cleared by D's zero_grad below
 

@@ -30,15 +30,12 @@ import torch
 import torch.nn.functional as F
 
 from benchmark.nets.mcnet import MCNet2D
-from benchmark.schedules import consistency_weight
+from benchmark.schedules import RampedConsistency
 from methods.base import METHODS, Labeled, Method, MethodContext
 
 
 @dataclass
-class MCNetConfig:
-    consistency: float = 0.1
-    consistency_rampup: float = 200.0   # in units of `rampup_unit` steps
-    rampup_unit: int = 150
+class MCNetConfig(RampedConsistency):
     temperature: float = 0.1
     lamda: float = 1.0                  # weight of the supervised (Dice) loss
     detach_target: bool = False         # the reference back-propagates through the sharpened target
@@ -84,7 +81,7 @@ class MCNet(Method):
         probs = [logits.float().softmax(1) for logits in self.model(x)]
         sup = sum(mcnet_dice_loss(p[:n], labeled.label) for p in probs)
         cons = mutual_consistency(probs, cfg.temperature, cfg.detach_target)
-        weight = consistency_weight(step + 1, cfg.consistency, cfg.consistency_rampup, cfg.rampup_unit)
+        weight = cfg.consistency_weight(step + 1)
         loss = cfg.lamda * sup + weight * cons
         self.update(loss, self.optimizer)
         return {"loss": loss.detach(), "loss_dice": sup.detach(), "loss_cons": cons.detach(),
