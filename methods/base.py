@@ -87,6 +87,15 @@ class Method(ABC):
         loss.backward()
         optimizer.step()
 
+    def consistency_update(self, sup: torch.Tensor, cons: torch.Tensor, step: int,
+                           optimizer: torch.optim.Optimizer, name: str = "loss_cons") -> dict[str, torch.Tensor]:
+        """The common SSL step: loss = sup + cfg.consistency_weight(step) * cons, one optimiser step, and the
+        usual log dict (loss, loss_sup, `name`, cons_weight). Needs a `RampedConsistency` config."""
+        weight = self.cfg.consistency_weight(step)
+        loss = sup + weight * cons
+        self.update(loss, optimizer)
+        return {"loss": loss.detach(), "loss_sup": sup.detach(), name: cons.detach(), "cons_weight": torch.tensor(weight)}
+
     def state_dict(self) -> dict[str, Any]:
         return {"modules": {k: m.state_dict() for k, m in self.modules().items()},
                 "optimizers": {k: o.state_dict() for k, o in self.optimizers().items()}}

@@ -35,16 +35,12 @@ class EntropyMin(Method):
         self.optimizer = ctx.make_optimizer(self.model.parameters())
 
     def train_step(self, labeled: Labeled, unlabeled: torch.Tensor | None, step: int) -> dict[str, torch.Tensor]:
-        cfg, n = self.cfg, labeled.image.shape[0]
+        n = labeled.image.shape[0]
         images = labeled.image if unlabeled is None else torch.cat([labeled.image, unlabeled])
         logits = self.model(images)
         sup = dice_ce_loss(logits[:n], labeled.label)
         ent = entropy_map(logits.float().softmax(1), normalise=True).mean()
-        weight = cfg.consistency_weight(step)
-        loss = sup + weight * ent
-        self.update(loss, self.optimizer)
-        return {"loss": loss.detach(), "loss_sup": sup.detach(), "loss_ent": ent.detach(),
-                "cons_weight": torch.tensor(weight)}
+        return self.consistency_update(sup, ent, step, self.optimizer, name="loss_ent")
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)

@@ -91,12 +91,9 @@ class ICT(Method):
         target = interpolation_target(self.teacher, u0, u1, lam)
         sup = dice_ce_loss(logits[:n], labeled.label)
         cons = torch.mean((logits[n:].float().softmax(1) - target) ** 2)
-        weight = cfg.consistency_weight(step)
-        loss = sup + weight * cons
-        self.update(loss, self.optimizer)
+        out = self.consistency_update(sup, cons, step, self.optimizer)
         ema_update(self.teacher, self.model, cfg.ema_decay, step)
-        return {"loss": loss.detach(), "loss_sup": sup.detach(), "loss_cons": cons.detach(),
-                "cons_weight": torch.tensor(weight)}
+        return out
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)

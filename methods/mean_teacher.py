@@ -42,13 +42,10 @@ class MeanTeacher(Method):
         noise = (torch.randn_like(unlabeled) * cfg.noise_std).clamp(-cfg.noise_clip, cfg.noise_clip)
         with torch.no_grad():
             teacher_logits = self.teacher(unlabeled + noise)
-        weight = cfg.consistency_weight(step)
         cons = softmax_mse(logits[n:], teacher_logits) if step >= cfg.consistency_start else logits.new_zeros(())
-        loss = sup + weight * cons
-        self.update(loss, self.optimizer)
+        out = self.consistency_update(sup, cons, step, self.optimizer)
         ema_update(self.teacher, self.model, cfg.ema_decay, step)
-        return {"loss": loss.detach(), "loss_sup": sup.detach(), "loss_cons": cons.detach(),
-                "cons_weight": torch.tensor(weight)}
+        return out
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)

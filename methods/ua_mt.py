@@ -96,12 +96,9 @@ class UAMT(Method):
             teacher_logits = self.teacher(self._noisy(unlabeled))
         mask = certainty_mask(self.teacher_mean_probs(unlabeled), uncertainty_threshold(step, self.ctx.iterations, cfg))
         cons = masked_consistency(softmax_mse(logits[n:], teacher_logits, reduction="none"), mask)
-        weight = cfg.consistency_weight(step)
-        loss = sup + weight * cons
-        self.update(loss, self.optimizer)
+        out = self.consistency_update(sup, cons, step, self.optimizer)
         ema_update(self.teacher, self.model, cfg.ema_decay, step)
-        return {"loss": loss.detach(), "loss_sup": sup.detach(), "loss_cons": cons.detach(),
-                "cons_weight": torch.tensor(weight), "mask_ratio": mask.mean()}
+        return {**out, "mask_ratio": mask.mean()}
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)

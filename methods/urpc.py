@@ -59,15 +59,11 @@ class URPC(Method):
         self.optimizer = ctx.make_optimizer(self.model.parameters())
 
     def train_step(self, labeled: Labeled, unlabeled: torch.Tensor | None, step: int) -> dict[str, torch.Tensor]:
-        cfg, n = self.cfg, labeled.image.shape[0]
+        n = labeled.image.shape[0]
         outputs = self.model(torch.cat([labeled.image, unlabeled]))
         sup = torch.stack([dice_ce_loss(o[:n], labeled.label) for o in outputs]).mean()
         cons = rectified_consistency([o[n:] for o in outputs])
-        weight = cfg.consistency_weight(step)
-        loss = sup + weight * cons
-        self.update(loss, self.optimizer)
-        return {"loss": loss.detach(), "loss_sup": sup.detach(), "loss_cons": cons.detach(),
-                "cons_weight": torch.tensor(weight)}
+        return self.consistency_update(sup, cons, step, self.optimizer)
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)[0]
