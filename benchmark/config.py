@@ -318,6 +318,7 @@ class Suite:
     seeds: tuple[int, ...]
     train: dict[str, Any]
     method_config: dict[str, dict[str, Any]]
+    method_train: dict[str, dict[str, Any]]   # per-method Trainer overrides (e.g. a reference's lr schedule)
     protocol: dict[str, Any]
     path: Path | None = None
 
@@ -326,7 +327,8 @@ def load_suite(path: Path) -> Suite:
     """Read a suite YAML; names inside are resolved later (registry), values validated at expansion."""
     raw = read_yaml(path)
     where = str(path)
-    known = {"name", "description", "dataset", "labeled", "methods", "seeds", "train", "method_config", "protocol"}
+    known = {"name", "description", "dataset", "labeled", "methods", "seeds", "train", "method_config",
+             "method_train", "protocol"}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ConfigError(f"{where}: unknown field(s) {', '.join(unknown)}; valid fields: {', '.join(sorted(known))}")
@@ -344,6 +346,7 @@ def load_suite(path: Path) -> Suite:
         name=str(raw["name"]), description=str(raw.get("description", "")).strip(), dataset=str(raw["dataset"]),
         labeled=tuple(labeled), methods=methods if methods == "all" else tuple(methods), seeds=tuple(seeds),
         train=dict(raw.get("train") or {}), method_config=dict(raw.get("method_config") or {}),
+        method_train=dict(raw.get("method_train") or {}),
         protocol=dict(raw.get("protocol") or {}), path=Path(path),
     )
 

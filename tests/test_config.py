@@ -138,3 +138,21 @@ def test_stable_hash_ignores_key_order_but_not_values():
 def test_train_config_validation():
     with pytest.raises(ConfigError, match="labeled_batch_size"):
         TrainConfig(batch_size=4, labeled_batch_size=8).validate("t")
+
+
+def test_method_train_overrides_one_method_only(tmp_path):
+    from benchmark.run.trials import expand
+
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"name": "s", "dataset": "synthetic-acdc", "labeled": [3],
+                                    "methods": ["supervised", "mean-teacher"], "seeds": [0],
+                                    "train": {"iterations": 10, "lr": 0.01},
+                                    "method_train": {"mean-teacher": {"lr_schedule": "constant", "lr": 0.05}}}))
+    trials = {t.method: t for t in expand(load_suite(path), iterations=7)}
+    assert trials["mean-teacher"].train.lr_schedule == "constant" and trials["mean-teacher"].train.lr == 0.05
+    assert trials["supervised"].train.lr_schedule == "poly" and trials["supervised"].train.lr == 0.01
+    assert trials["mean-teacher"].train.iterations == trials["supervised"].train.iterations == 7  # CLI wins
+    path.write_text(yaml.safe_dump({"name": "s", "dataset": "synthetic-acdc", "labeled": [3], "methods": ["supervised"],
+                                    "seeds": [0], "method_train": {"nope": {"lr": 1.0}}}))
+    with pytest.raises(Exception, match="unknown method 'nope'"):
+        expand(load_suite(path))

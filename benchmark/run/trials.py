@@ -69,13 +69,20 @@ def expand(suite: Suite, methods: Sequence[str] | None = None, seeds: Sequence[i
     if chosen == ["all"]:
         chosen = registry.names()
     classes = {m: registry.get(m) for m in chosen}  # unknown names raise with the valid list
-    for name in suite.method_config:
+    for name in (*suite.method_config, *suite.method_train):
         registry.get(name)
-    train_values = {**suite.train, **(train_overrides or {})}
-    if iterations is not None:
-        train_values["iterations"] = iterations
-    train = build_dataclass(TrainConfig, train_values, f"{where}: train")
-    train.validate(f"{where}: train")
+
+    def train_for(method: str) -> TrainConfig:
+        """Suite `train`, then the method's `method_train`, then the command line (which wins)."""
+        values = {**suite.train, **suite.method_train.get(method, {}), **(train_overrides or {})}
+        if iterations is not None:
+            values["iterations"] = iterations
+        label = f"{where}: train" if method not in suite.method_train else f"{where}: train + method_train.{method}"
+        cfg = build_dataclass(TrainConfig, values, label)
+        cfg.validate(label)
+        return cfg
+
+    trains = {m: train_for(m) for m in classes}
     ev = dataclasses.asdict(card.evaluation)
     protocol = build_dataclass(EvaluationProtocol, {**ev, **suite.protocol}, f"{where}: protocol")
     protocol.validate(f"{where}: protocol", card.num_classes)
@@ -91,5 +98,5 @@ def expand(suite: Suite, methods: Sequence[str] | None = None, seeds: Sequence[i
                                   f"{rows} training rows; drop that setting or use supervised")
             for seed in (seeds if seeds is not None else suite.seeds):
                 trials.append(Trial(suite.name, card, protocol, patients, rows, splits.fingerprint, method,
-                                    cls.config_dict(cfg), train, int(seed)))
+                                    cls.config_dict(cfg), trains[method], int(seed)))
     return trials
