@@ -5,24 +5,11 @@ from dataclasses import replace
 import pytest
 import torch
 
-from benchmark.config import TrainConfig
 from benchmark.losses import entropy_map, softmax_mse
-from benchmark.train import Trainer
-from methods.base import METHODS, Labeled, MethodContext
+from methods.base import METHODS
 from methods.entropy_min import EntropyMin, EntropyMinConfig
 from methods.ua_mt import UAMT, UAMTConfig, certainty_mask, masked_consistency, uncertainty_threshold
-
-TINY = TrainConfig(iterations=3, batch_size=4, labeled_batch_size=2, patch_size=32, eval_every=100,
-                   checkpoint_every=3, log_every=1, num_workers=0)
-
-
-def ctx(iterations=100):
-    return MethodContext(1, 4, iterations, "unet", lambda p: torch.optim.SGD(p, lr=0.1))
-
-
-def batch():
-    return Labeled(torch.rand(2, 1, 32, 32), torch.randint(0, 4, (2, 32, 32))), torch.rand(2, 1, 32, 32)
-
+from method_helpers import method_ctx, smoke_run, tiny_batch
 
 # ---- shared pieces ---------------------------------------------------------------------------------------
 def test_entropy_map_zero_for_one_hot_and_max_for_uniform():
@@ -71,7 +58,7 @@ def test_ua_mt_teacher_passes_group_like_ssl4mis_or_all_at_once():
     """The mean over T passes is the same maths grouped 2 per forward (SSL4MIS) or 8 in one (eval-mode teacher,
     no noise: every pass is identical, so both groupings must give the teacher's own softmax)."""
     torch.manual_seed(0)
-    m = UAMT(UAMTConfig(noise_std=0.0), ctx())
+    m = UAMT(UAMTConfig(noise_std=0.0), method_ctx())
     m.teacher.eval()
     u = torch.rand(2, 1, 16, 16)
     expected = m.teacher(u).softmax(1)
@@ -82,8 +69,8 @@ def test_ua_mt_teacher_passes_group_like_ssl4mis_or_all_at_once():
 
 def test_ua_mt_step_updates_the_ema_teacher_and_has_consistency_from_step_0():
     torch.manual_seed(0)
-    m = UAMT(UAMTConfig(threshold_start=10.0), ctx())  # every pixel certain: the mask keeps all
-    lab, u = batch()
+    m = UAMT(UAMTConfig(threshold_start=10.0), method_ctx())  # every pixel certain: the mask keeps all
+    lab, u = tiny_batch()
     m.train_step(lab, u, step=0)  # alpha = 0: the teacher becomes the student
     for t, s in zip(m.teacher.parameters(), m.model.parameters()):
         assert torch.equal(t, s)
@@ -100,8 +87,8 @@ def test_ua_mt_step_updates_the_ema_teacher_and_has_consistency_from_step_0():
 # ---- entropy minimisation --------------------------------------------------------------------------------
 def test_entropy_min_term_uses_the_whole_batch():
     torch.manual_seed(0)
-    m = EntropyMin(EntropyMinConfig(), ctx())
-    lab, u = batch()
+    m = EntropyMin(EntropyMinConfig(), method_ctx())
+    lab, u = tiny_batch()
     torch.manual_seed(1)  # the same dropout draws in both forwards
     with torch.no_grad():
         expected = entropy_map(m.model(torch.cat([lab.image, u])).softmax(1), normalise=True).mean()
@@ -112,22 +99,7 @@ def test_entropy_min_term_uses_the_whole_batch():
 
 
 # ---- both through the Trainer ----------------------------------------------------------------------------
-class Recorder:
-    def __init__(self) -> None:
-        self.train: dict[int, dict[str, float]] = {}
-
-    def log_metrics(self, metrics, step):
-        if "train/loss" in metrics:
-            self.train[step] = metrics
-
-
 @pytest.mark.parametrize("name", ["ua-mt", "entropy-min"])
 def test_three_step_trainer_smoke(synthetic, tmp_path, name):
-    card, data = synthetic
     method = METHODS.get(name)
-    rec = Recorder()
-    result = Trainer(data, method, method.Config(), TINY, 24, 0, tmp_path, card.evaluation, card.classes,
-                     logger=rec, device="cpu", progress=False).fit()
-    assert sorted(rec.train) == [1, 2, 3]  # the Trainer logs 1-based steps
-    assert all(math.isfinite(v) for m in rec.train.values() for k, v in m.items() if k.startswith("train/"))
-    assert "dice" in result.summary["last"]
+    smoke_run(synthetic, tmp_path, method)

@@ -6,42 +6,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmark.config import TrainConfig
-from benchmark.train import Trainer
-from methods.base import METHODS, Labeled, MethodContext
+from methods.base import METHODS
 from methods.cps import CPS, CPSConfig, cross_pseudo_losses
 from methods.ict import ICT, ICTConfig, interpolation_target, mixup, unlabeled_halves
-
-SMOKE = TrainConfig(iterations=3, batch_size=4, labeled_batch_size=2, patch_size=32, eval_every=100,
-                    checkpoint_every=3, log_every=1, num_workers=0)
+from method_helpers import method_ctx, smoke_run, tiny_batch
 
 
-def ctx(lr=0.1):
-    return MethodContext(1, 4, 100, "unet", lambda p: torch.optim.SGD(p, lr=lr))
-
-
-def tiny_batch(n=2, m=2, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x, u = torch.rand(n, 1, 32, 32, generator=g), torch.rand(m, 1, 32, 32, generator=g)
-    return Labeled(x, torch.randint(0, 4, (n, 32, 32), generator=g)), u
-
-
-class Recorder:
-    def __init__(self):
-        self.metrics = {}
-
-    def log_metrics(self, metrics, step):
-        self.metrics.setdefault(step, {}).update(metrics)
-
-
-def smoke(synthetic, tmp_path, method, cfg):
-    card, data = synthetic
-    rec = Recorder()
-    Trainer(data, method, cfg, SMOKE, 24, 0, tmp_path, card.evaluation, card.classes, logger=rec,
-            device="cpu", progress=False).fit()
-    losses = [m["train/loss"] for m in rec.metrics.values() if "train/loss" in m]
-    assert len(losses) == 3 and all(math.isfinite(v) for v in losses)
-    return rec
 
 
 def test_both_methods_are_registered():
@@ -71,13 +41,13 @@ def test_cps_cross_term_covers_only_the_unlabeled_part(monkeypatch):
     monkeypatch.setattr(cps_mod, "cross_pseudo_losses", lambda l1, l2: seen.append(l1.shape[0]) or real(l1, l2))
     torch.manual_seed(0)
     labeled, u = tiny_batch(n=2, m=3)
-    CPS(CPSConfig(), ctx()).train_step(labeled, u, step=0)
+    CPS(CPSConfig(), method_ctx()).train_step(labeled, u, step=0)
     assert seen == [3]
 
 
 def test_cps_step_updates_both_nets_which_start_different():
     torch.manual_seed(0)
-    cps = CPS(CPSConfig(), ctx())
+    cps = CPS(CPSConfig(), method_ctx())
     assert any(not torch.equal(p, q) for p, q in zip(cps.model1.parameters(), cps.model2.parameters()))
     before = [[p.clone() for p in m.parameters()] for m in (cps.model1, cps.model2)]
     labeled, u = tiny_batch()
@@ -95,7 +65,7 @@ def test_cps_step_updates_both_nets_which_start_different():
 
 
 def test_cps_trainer_smoke(synthetic, tmp_path):
-    rec = smoke(synthetic, tmp_path, CPS, CPSConfig())
+    rec = smoke_run(synthetic, tmp_path, CPS, CPSConfig())
     assert all("train/loss_cps1" in m for m in rec.metrics.values() if "train/loss" in m)
 
 
@@ -135,7 +105,7 @@ def test_ict_mixed_input_and_target_are_the_lambda_combination():
 
 def test_ict_step_feeds_labeled_plus_k_mixed_and_updates_the_teacher():
     torch.manual_seed(0)
-    ict = ICT(ICTConfig(), ctx())
+    ict = ICT(ICTConfig(), method_ctx())
     student_in, teacher_in = [], []
     ict.model.register_forward_hook(lambda m, i, o: student_in.append(i[0].shape[0]))
     ict.teacher.register_forward_hook(lambda m, i, o: teacher_in.append(i[0].shape[0]))
@@ -159,5 +129,5 @@ def test_ict_step_feeds_labeled_plus_k_mixed_and_updates_the_teacher():
 
 
 def test_ict_trainer_smoke(synthetic, tmp_path):
-    rec = smoke(synthetic, tmp_path, ICT, ICTConfig())
+    rec = smoke_run(synthetic, tmp_path, ICT, ICTConfig())
     assert all(math.isfinite(m["train/loss_cons"]) for m in rec.metrics.values() if "train/loss" in m)

@@ -4,27 +4,13 @@ import math
 import pytest
 import torch
 
-from benchmark.config import TrainConfig
 from benchmark.losses import dice_ce_loss
 from benchmark.nets.unet import UNet2D
 from benchmark.nets.unet_variants import (UNetCCT, UNetURPC, feature_dropout, feature_dropout_elementwise,
                                           feature_noise)
-from benchmark.train import Trainer
-from methods.base import Labeled, MethodContext
 from methods.cct import CCT, CCTConfig, cct_consistency
 from methods.urpc import URPC, URPCConfig, rectified_consistency
-
-TINY = TrainConfig(iterations=3, batch_size=4, labeled_batch_size=2, patch_size=32, eval_every=100,
-                   checkpoint_every=3, log_every=1, num_workers=0)
-
-
-def ctx(iterations=100):
-    return MethodContext(1, 4, iterations, "unet", lambda p: torch.optim.SGD(p, lr=0.1))
-
-
-def batch():
-    return Labeled(torch.rand(2, 1, 32, 32), torch.randint(0, 4, (2, 32, 32))), torch.rand(2, 1, 32, 32)
-
+from method_helpers import method_ctx, smoke_run, tiny_batch
 
 def n_params(m):
     return sum(p.numel() for p in m.parameters())
@@ -122,8 +108,8 @@ def test_cct_consistency_zero_when_aux_equals_main_and_keeps_main_gradient():
 
 def test_cct_step_supervised_is_mean_of_the_eight_terms():
     torch.manual_seed(0)
-    m = CCT(CCTConfig(), ctx())
-    lab, u = batch()
+    m = CCT(CCTConfig(), method_ctx())
+    lab, u = tiny_batch()
     torch.manual_seed(1)
     with torch.no_grad():
         outs = m.model(torch.cat([lab.image, u]))
@@ -175,8 +161,8 @@ def test_urpc_matches_the_reference_expression():
 
 def test_urpc_step_and_predict():
     torch.manual_seed(0)
-    m = URPC(URPCConfig(), ctx())
-    lab, u = batch()
+    m = URPC(URPCConfig(), method_ctx())
+    lab, u = tiny_batch()
     out = m.train_step(lab, u, step=0)
     assert all(math.isfinite(v.item()) for v in out.values())
     assert out["loss_cons"].item() > 0
@@ -186,21 +172,6 @@ def test_urpc_step_and_predict():
 
 
 # ---- both through the Trainer ----------------------------------------------------------------------------
-class Recorder:
-    def __init__(self) -> None:
-        self.train: dict[int, dict[str, float]] = {}
-
-    def log_metrics(self, metrics, step):
-        if "train/loss" in metrics:
-            self.train[step] = metrics
-
-
 @pytest.mark.parametrize("method", [CCT, URPC])
 def test_three_step_trainer_smoke(synthetic, tmp_path, method):
-    card, data = synthetic
-    rec = Recorder()
-    result = Trainer(data, method, method.Config(), TINY, 24, 0, tmp_path, card.evaluation, card.classes,
-                     logger=rec, device="cpu", progress=False).fit()
-    assert sorted(rec.train) == [1, 2, 3]
-    assert all(math.isfinite(v) for m in rec.train.values() for k, v in m.items() if k.startswith("train/"))
-    assert "dice" in result.summary["last"]
+    smoke_run(synthetic, tmp_path, method)

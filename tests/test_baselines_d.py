@@ -8,45 +8,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmark.config import TrainConfig
 from benchmark.nets.discriminator import FCDiscriminator
 from benchmark.nets.mcnet import MCNet2D, TransposedUpBlock
 from benchmark.nets.unet import UNet2D, UpBlock
-from benchmark.train import Trainer
-from methods.base import Labeled, MethodContext
 from methods.dan import DAN, LABELED, DANConfig, adversarial_loss, discriminator_targets
 from methods.mcnet import MCNet, MCNetConfig, mcnet_dice_loss, mutual_consistency, sharpen
-
-SMOKE = TrainConfig(iterations=3, batch_size=4, labeled_batch_size=2, patch_size=32, eval_every=100,
-                    checkpoint_every=3, log_every=1, num_workers=0)
+from method_helpers import SMOKE, method_ctx, smoke_run, tiny_batch
 
 
-def ctx(lr=0.1):
-    return MethodContext(1, 4, 100, "unet", lambda p: torch.optim.SGD(p, lr=lr))
-
-
-def tiny_batch(n=2, m=2, size=32, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x, u = torch.rand(n, 1, size, size, generator=g), torch.rand(m, 1, size, size, generator=g)
-    return Labeled(x, torch.randint(0, 4, (n, size, size), generator=g)), u
-
-
-class Recorder:
-    def __init__(self):
-        self.metrics = {}
-
-    def log_metrics(self, metrics, step):
-        self.metrics.setdefault(step, {}).update(metrics)
-
-
-def smoke(synthetic, tmp_path, method, cfg):
-    card, data = synthetic
-    rec = Recorder()
-    Trainer(data, method, cfg, SMOKE, 24, 0, tmp_path, card.evaluation, card.classes, logger=rec,
-            device="cpu", progress=False).fit()
-    losses = [m["train/loss"] for m in rec.metrics.values() if "train/loss" in m]
-    assert len(losses) == 3 and all(math.isfinite(v) for v in losses)
-    return rec
 
 
 # ------------------------------------------------------------------------------------ discriminator
@@ -82,7 +51,7 @@ def test_dan_label_convention_and_adversarial_term_pushes_towards_labeled():
 def test_dan_segmenter_gradient_moves_d_towards_labeled():
     """One small step of the segmenter on the adversarial term alone raises D's 'labeled' logit margin."""
     torch.manual_seed(0)
-    dan = DAN(DANConfig(disc_input_size=32), ctx())
+    dan = DAN(DANConfig(disc_input_size=32), method_ctx())
     dan.discriminator.eval()
     _, u = tiny_batch()
 
@@ -103,7 +72,7 @@ def test_dan_segmenter_gradient_moves_d_towards_labeled():
 
 def test_dan_step_updates_d_on_its_own_step_with_constant_lr():
     torch.manual_seed(0)
-    dan = DAN(DANConfig(disc_input_size=32), ctx())
+    dan = DAN(DANConfig(disc_input_size=32), method_ctx())
     assert set(dan.optimizers()) == {"optimizer", "d_optimizer"} and set(dan.modules()) == {"model", "discriminator"}
     group = dan.d_optimizer.param_groups[0]
     assert group["lr"] == 1e-4 and group["betas"] == (0.9, 0.99) and isinstance(dan.d_optimizer, torch.optim.Adam)
@@ -131,7 +100,7 @@ def test_dan_step_updates_d_on_its_own_step_with_constant_lr():
 def test_dan_d_step_alone_changes_only_d():
     """The segmenter's loss does not touch D's weights: with the segmenter weight at 0 and D's lr at 0, D stays."""
     torch.manual_seed(0)
-    dan = DAN(DANConfig(disc_input_size=32, d_lr=0.0), ctx())
+    dan = DAN(DANConfig(disc_input_size=32, d_lr=0.0), method_ctx())
     d_before = [p.clone() for p in dan.discriminator.parameters()]
     labeled, u = tiny_batch()
     dan.train_step(labeled, u, step=30000)
@@ -139,7 +108,7 @@ def test_dan_d_step_alone_changes_only_d():
 
 
 def test_dan_trainer_smoke(synthetic, tmp_path):
-    rec = smoke(synthetic, tmp_path, DAN, DANConfig(disc_input_size=SMOKE.patch_size))
+    rec = smoke_run(synthetic, tmp_path, DAN, DANConfig(disc_input_size=SMOKE.patch_size))
     assert all(math.isfinite(m["train/loss_d"]) for m in rec.metrics.values() if "train/loss" in m)
 
 
@@ -201,7 +170,7 @@ def test_mcnet_step_consistency_covers_whole_batch_and_predicts_with_decoder1(mo
     real = mod.mutual_consistency
     monkeypatch.setattr(mod, "mutual_consistency", lambda p, t, d: seen.append([x.shape[0] for x in p]) or real(p, t, d))
     torch.manual_seed(0)
-    mc = MCNet(MCNetConfig(), ctx())
+    mc = MCNet(MCNetConfig(), method_ctx())
     labeled, u = tiny_batch(n=2, m=3)
     before = [p.clone() for p in mc.model.parameters()]
     out = mc.train_step(labeled, u, step=149)  # the reference's iter (step + 1) // 150 = 1
@@ -215,9 +184,9 @@ def test_mcnet_step_consistency_covers_whole_batch_and_predicts_with_decoder1(mo
     with torch.no_grad():
         torch.testing.assert_close(mc.predict(x), mc.model(x)[0])
     with pytest.raises(ValueError):
-        MCNet(MCNetConfig(), replace(ctx(), network="other"))
+        MCNet(MCNetConfig(), replace(method_ctx(), network="other"))
 
 
 def test_mcnet_trainer_smoke(synthetic, tmp_path):
-    rec = smoke(synthetic, tmp_path, MCNet, MCNetConfig())
+    rec = smoke_run(synthetic, tmp_path, MCNet, MCNetConfig())
     assert all(math.isfinite(m["train/loss_cons"]) for m in rec.metrics.values() if "train/loss" in m)
