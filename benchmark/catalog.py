@@ -13,6 +13,28 @@ def methods() -> Registry:
     return METHODS
 
 
+def split_variant(name: str) -> tuple[str, str | None]:
+    """'advmim:no-adv' -> ('advmim', 'no-adv'); 'cps' -> ('cps', None)."""
+    base, _, preset = name.partition(":")
+    return base, (preset or None)
+
+
+def method_class(name: str) -> type:
+    """The class behind a method name, with or without a `:preset` suffix (unknown names list the valid ones)."""
+    return methods().get(split_variant(name)[0])
+
+
+def preset_overrides(name: str) -> dict:
+    """The config overrides a `method:preset` name stands for ({} without a preset)."""
+    base, preset = split_variant(name)
+    cls = methods().get(base)
+    if preset is None:
+        return {}
+    if preset not in cls.presets:
+        raise UnknownNameError(f"preset of {base}", preset, list(cls.presets))
+    return dict(cls.presets[preset])
+
+
 def _yaml_names(folder: Path) -> dict[str, Path]:
     return {p.stem: p for p in sorted(folder.glob("*.yaml"))}
 
@@ -51,9 +73,17 @@ def get_suite(name: str) -> Suite:
 def describe(kind: str) -> list[tuple[str, str]]:
     """(name, one-line description) for `bench ls`."""
     if kind == "methods":
-        return [(e.name, e.description) for e in methods()]
+        rows = []
+        for e in methods():
+            rows.append((e.name, e.description))
+            rows += [(f"{e.name}:{p}", f"preset: {_overrides_text(o)}") for p, o in e.obj.presets.items()]
+        return rows
     if kind == "datasets":
         return [(n, load_card(p).description) for n, p in _yaml_names(DATASETS_DIR).items()]
     if kind == "suites":
         return [(n, load_suite(p).description) for n, p in _yaml_names(SUITES_DIR).items()]
     raise UnknownNameError("listing", kind, ["methods", "datasets", "suites"])
+
+
+def _overrides_text(overrides: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in overrides.items()) or "(the defaults)"

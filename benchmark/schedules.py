@@ -20,10 +20,11 @@ def consistency_weight(step: int, weight: float, rampup: float, unit: int = 150)
     return weight * sigmoid_rampup(step // unit, rampup)
 
 
-def lr_factor(step: int, cfg: TrainConfig) -> float:
-    """Multiplier of the base lr at `step` (0-based): poly (1 - step/max)^p, constant, or x0.1 every step_size."""
+def lr_factor(step: int, cfg: TrainConfig, total: int | None = None) -> float:
+    """Multiplier of the base lr at `step` (0-based) of `total` (default cfg.iterations): poly
+    (1 - step/total)^p, constant, or x0.1 every step_size."""
     if cfg.lr_schedule == "poly":
-        return (1.0 - step / cfg.iterations) ** cfg.poly_power
+        return (1.0 - step / (total or cfg.iterations)) ** cfg.poly_power
     if cfg.lr_schedule == "step":
         return 0.1 ** (step // cfg.step_size)
     return 1.0

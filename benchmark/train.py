@@ -7,6 +7,12 @@ Checkpoints: `last.pt` (full state: step, nets, optimisers, RNG, selection bookk
 `checkpoint_every` steps and at the end; `best_val.pt` (weights) whenever the val Dice improves, and
 `best_test.pt` likewise on the test Dice only when the protocol asks for that leaking rule. At the end the
 test split is evaluated for every kept checkpoint and the last weights, per-case rows streamed to CSV.
+
+Stages: a method may train in phases (`Method.stages()`, e.g. pre-train then self-train). The Trainer runs
+them one after the other in one loop over a global step: each stage restarts its lr schedule and its
+best-on-val selection, may start from the previous stage's best weights (`<stage>-best_val.pt`), and the
+final test scores the last stage. A checkpoint always describes the state *before* step `step + 1`, so a
+run killed at a stage boundary resumes in the next stage with that stage's starting weights.
 """
 from __future__ import annotations
 
@@ -29,7 +35,7 @@ from benchmark.data.loader import StepBatches, step_loader
 from benchmark.data.sampling import TwoStreamSchedule
 from benchmark.evaluate import evaluate_cases, summarize, validation_dice
 from benchmark.schedules import lr_factor
-from methods.base import Labeled, Method, MethodContext
+from methods.base import Labeled, Method, MethodContext, Stage
 
 #: selection rule -> the split whose Dice it follows
 SELECTION_SPLITS = {"best_val": "val", "best_test": "test"}
@@ -124,6 +130,10 @@ class Trainer:
         self.labeled_bs = lbs
         self.schedule = TwoStreamSchedule(labeled_rows, n_total - labeled_rows, lbs, ubs, seed)
         self.step = 0
+        self.stages = self._check_stages(self.method.stages())
+        self.stage_starts = list(np.cumsum([0] + [st.iterations for st in self.stages[:-1]]).tolist())
+        self.total_iterations = sum(st.iterations for st in self.stages)
+        self.stage_index = 0
         self.selections = ["best_val"] + (["best_test"] if protocol.checkpoint == "best_test" else [])
         self.best: dict[str, tuple[float, int]] = {k: (-1.0, -1) for k in self.selections}
         self.val_history: list[tuple[int, float]] = []
@@ -132,26 +142,65 @@ class Trainer:
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
 
+    # ----------------------------------------------------------------------------------------- stages
+    @staticmethod
+    def _check_stages(stages: list[Stage]) -> list[Stage]:
+        names = [st.name for st in stages]
+        problems = []
+        if not stages:
+            problems.append("no stages")
+        if len(set(names)) != len(names):
+            problems.append(f"stage names repeat ({names})")
+        problems += [f"stage {st.name!r} has {st.iterations} iterations" for st in stages if st.iterations < 1]
+        problems += [f"stage {st.name!r}: init must be continue or best_val (got {st.init!r})"
+                     for st in stages if st.init not in ("continue", "best_val")]
+        if stages and stages[0].init != "continue":
+            problems.append(f"the first stage ({stages[0].name!r}) has no previous stage to take weights from")
+        if problems:
+            raise ValueError("invalid method stages: " + "; ".join(problems))
+        return stages
+
+    def stage_of(self, step: int) -> int:
+        """Index of the stage that global `step` belongs to (the last stage for steps past the end)."""
+        return max(k for k, start in enumerate(self.stage_starts) if start <= step)
+
+    def _enter_stage(self, index: int) -> None:
+        """Start stage `index`: reset selection, load the previous stage's best weights if asked, tell the method."""
+        self.stage_index = index
+        stage = self.stages[index]
+        self.best = {k: (-1.0, -1) for k in self.selections}
+        if stage.init == "best_val":
+            weights = torch.load(self.weights_path("best_val", index - 1), map_location=self.device, weights_only=False)
+            self.method.load_state_dict(weights, weights_only=True)
+        self.method.start_stage(stage, index)
+        for key, opt in self.method.optimizers().items():  # optimisers a stage (re)creates start at their own lr
+            self.base_lrs.setdefault(key, [g["lr"] for g in opt.param_groups])
+
     # ------------------------------------------------------------------------------------ checkpoints
     @property
     def last_path(self) -> Path:
         return self.run_dir / "last.pt"
 
-    def weights_path(self, selection: str) -> Path:
-        return self.run_dir / f"{selection}.pt"
+    def weights_path(self, selection: str, stage_index: int | None = None) -> Path:
+        """`<selection>.pt` for the last stage (what the final test scores), `<stage>-<selection>.pt` before it."""
+        index = len(self.stages) - 1 if stage_index is None else stage_index
+        prefix = "" if index == len(self.stages) - 1 else f"{self.stages[index].name}-"
+        return self.run_dir / f"{prefix}{selection}.pt"
 
     def save_checkpoint(self) -> None:
-        state = {"step": self.step, "method": self.method.state_dict(), "best": self.best,
+        state = {"step": self.step, "stage": self.stage_index, "method": self.method.state_dict(), "best": self.best,
                  "val_history": self.val_history,
                  "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
                          "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}}
         _save_atomic(state, self.last_path)
 
     def load_checkpoint(self) -> bool:
-        """Resume from last.pt if present; returns whether it did."""
+        """Resume from last.pt if present (entering the stage of the next step first); returns whether it did."""
         if not self.last_path.exists():
+            self._enter_stage(0)
             return False
         state = torch.load(self.last_path, map_location=self.device, weights_only=False)
+        self._enter_stage(self.stage_of(state["step"] + 1))
         self.method.load_state_dict(state["method"])
         self.step, self.best = state["step"], dict(state["best"])
         self.val_history = list(state["val_history"])
@@ -165,7 +214,8 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------------- loop
     def _set_lr(self, step: int) -> None:
-        factor = lr_factor(step, self.cfg)
+        """lr for `step` counted within the current stage (each stage restarts its schedule)."""
+        factor = lr_factor(step, self.cfg, self.stages[self.stage_index].iterations)
         for key, opt in self.method.optimizers().items():
             for group, base in zip(opt.param_groups, self.base_lrs[key]):
                 group["lr"] = base * factor
@@ -196,7 +246,8 @@ class Trainer:
             self.logger.log_metrics({f"{split}/dice": dices[split]}, step)
             if dices[split] > self.best[selection][0]:
                 self.best[selection] = (dices[split], step)
-                _save_atomic({"modules": self.method.state_dict()["modules"], "step": step}, self.weights_path(selection))
+                _save_atomic({"modules": self.method.state_dict()["modules"], "step": step},
+                             self.weights_path(selection, self.stage_index))
         self.val_history.append((step, dices["val"]))
         return dices["val"]
 
@@ -206,25 +257,27 @@ class Trainer:
         cfg = self.cfg
         batches = StepBatches(self.data.train_images, self.data.train_labels, self.schedule, cfg.augmentation,
                               cfg.patch_size, self.seed)
-        loader = step_loader(batches, start, cfg.iterations, cfg.num_workers, self.device.type == "cuda")
+        total = self.total_iterations
+        loader = step_loader(batches, start, total, cfg.num_workers, self.device.type == "cuda")
         self.method.train(True)
         sums: dict[str, torch.Tensor] = {}
         window, t0, n_steps = 0, time.perf_counter(), 0
-        with _progress(self.progress, self.description, cfg.iterations, start) as bar:
-            for step, batch in zip(range(start, cfg.iterations), loader):
+        with _progress(self.progress, self.description, total, start) as bar:
+            for step, batch in zip(range(start, total), loader):
                 self.step = step
-                self._set_lr(step)
+                local = step - self.stage_starts[self.stage_index]
+                stage_last = local == self.stages[self.stage_index].iterations - 1
+                self._set_lr(local)
                 image = batch["image"].to(self.device, non_blocking=True)
                 label = batch["label"].to(self.device, non_blocking=True)
                 n = self.labeled_bs
                 with self._autocast():
-                    out = self.method.train_step(Labeled(image[:n], label[:n]), image[n:] if n < len(image) else None, step)
+                    out = self.method.train_step(Labeled(image[:n], label[:n]), image[n:] if n < len(image) else None, local)
                 for k, v in out.items():
                     sums[k] = sums[k] + v.float() if k in sums else v.float()
                 window += 1
                 n_steps += 1
-                last = step == cfg.iterations - 1
-                if (step + 1) % cfg.log_every == 0 or last:
+                if (step + 1) % cfg.log_every == 0 or stage_last:
                     metrics = {f"train/{k}": float(v) / window for k, v in sums.items()}
                     bad = {k: v for k, v in metrics.items() if not math.isfinite(v)}
                     if bad:  # checked once per log window: no per-step host sync
@@ -232,12 +285,16 @@ class Trainer:
                             f"{', '.join(f'{k} = {v}' for k, v in bad.items())} within steps {step + 2 - window}.."
                             f"{step + 1}; stopping this trial (too high a learning rate? bad input data?)")
                     metrics["train/lr"] = next(iter(self.method.optimizers().values())).param_groups[0]["lr"]
+                    if len(self.stages) > 1:
+                        metrics["train/stage"] = float(self.stage_index)
                     self.logger.log_metrics(metrics, step + 1)
                     bar.update(step + 1, loss=metrics.get("train/loss", float("nan")))
                     sums, window = {}, 0
-                if (step + 1) % cfg.eval_every == 0 or last:
+                if (step + 1) % cfg.eval_every == 0 or stage_last:
                     bar.update(step + 1, val=self._select(step + 1))
-                if (step + 1) % cfg.checkpoint_every == 0 or last:
+                if stage_last and self.stage_index + 1 < len(self.stages):
+                    self._enter_stage(self.stage_index + 1)   # before saving: last.pt resumes in the new stage
+                if (step + 1) % cfg.checkpoint_every == 0 or stage_last:
                     self.save_checkpoint()
                 bar.update(step + 1)
         elapsed = time.perf_counter() - t0

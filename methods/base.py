@@ -45,12 +45,35 @@ class NoConfig:
     """A method without hyperparameters of its own."""
 
 
+@dataclass(frozen=True)
+class Stage:
+    """One phase of a method's training, run by the Trainer in order (e.g. BCP / CML: pre-train, self-train).
+
+    `step` in `train_step` counts from 0 within the stage, and the lr schedule restarts with it. With
+    `init="best_val"` the Trainer loads the previous stage's best-on-val weights before the stage starts.
+    """
+
+    name: str
+    iterations: int
+    init: str = "continue"   # continue (keep the weights as they are) | best_val (previous stage's best on val)
+
+
 class Method(ABC):
-    """Base class: subclasses set `Config`, build nets/optimisers in __init__, implement train_step/predict."""
+    """Base class: subclasses set `Config`, build nets/optimisers in __init__, implement train_step/predict.
+
+    Optional class attributes:
+    - `presets`: named config overrides (ablation rows, variants), run as `method:preset` in suites and CLI;
+    - `search_space`: default `bench tune` space, name -> "uniform:a:b" | "loguniform:a:b" | "int:a:b" |
+      "choice:a,b,c";
+    - `search_grids`: the papers' sensitivity grids, name -> list of values.
+    """
 
     Config: ClassVar[type] = NoConfig
     #: False: batches hold labeled samples only (batch_size of them), as SSL4MIS's fully supervised script.
     uses_unlabeled: ClassVar[bool] = True
+    presets: ClassVar[dict[str, dict[str, Any]]] = {}
+    search_space: ClassVar[dict[str, str]] = {}
+    search_grids: ClassVar[dict[str, list[Any]]] = {}
 
     def __init__(self, cfg: Any, ctx: MethodContext) -> None:
         self.cfg, self.ctx = cfg, ctx
@@ -63,6 +86,14 @@ class Method(ABC):
     @abstractmethod
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (B, num_classes, H, W) for inference; called under torch.no_grad() in eval mode."""
+
+    def stages(self) -> list[Stage]:
+        """The training phases; one stage of `ctx.iterations` steps unless a method says otherwise."""
+        return [Stage("train", self.ctx.iterations)]
+
+    def start_stage(self, stage: Stage, index: int) -> None:
+        """Called by the Trainer when a stage starts (and again on resume inside it), after the weights named
+        by `stage.init` are loaded. Multi-stage methods reset teachers or optimisers here."""
 
     # ---- plumbing shared by all methods -------------------------------------------------------------
     def modules(self) -> dict[str, nn.Module]:

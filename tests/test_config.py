@@ -156,3 +156,27 @@ def test_method_train_overrides_one_method_only(tmp_path):
                                     "seeds": [0], "method_train": {"nope": {"lr": 1.0}}}))
     with pytest.raises(Exception, match="unknown method 'nope'"):
         expand(load_suite(path))
+
+
+def test_method_presets_layer_between_the_methods_entry_and_their_own(tmp_path, monkeypatch):
+    from benchmark.registry import UnknownNameError
+    from benchmark.run.trials import expand
+    from methods.cps import CPS
+
+    monkeypatch.setattr(CPS, "presets", {"strong": {"consistency": 1.0, "consistency_rampup": 5.0}})
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "s", "dataset": "synthetic-acdc", "labeled": [3], "methods": ["cps", "cps:strong"], "seeds": [0],
+        "method_config": {"cps": {"consistency": 0.3, "rampup_unit": 7}, "cps:strong": {"consistency_rampup": 9.0}},
+        "method_train": {"cps": {"lr": 0.02}}}))
+    trials = {t.method: t for t in expand(load_suite(path))}
+    plain, strong = trials["cps"], trials["cps:strong"]
+    assert (plain.method_config["consistency"], plain.method_config["rampup_unit"]) == (0.3, 7)
+    assert strong.method_config["consistency"] == 1.0           # the preset beats the method's entry
+    assert strong.method_config["rampup_unit"] == 7             # what the preset leaves alone comes from it
+    assert strong.method_config["consistency_rampup"] == 9.0    # the variant's own entry wins
+    assert strong.train.lr == plain.train.lr == 0.02
+    assert plain.config_hash != strong.config_hash
+    assert ("cps:strong", "preset: consistency=1.0, consistency_rampup=5.0") in catalog.describe("methods")
+    with pytest.raises(UnknownNameError, match="strong"):
+        expand(load_suite(path), methods=["cps:weak"])

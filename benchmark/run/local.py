@@ -70,7 +70,7 @@ def run_trial(trial: Trial, work_dir: Path, tracker=None, data_root: str | Path 
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(trial.resolved(), sort_keys=False))
         data = load_dataset(trial.card, data_root)
-        method_cls = catalog.methods().get(trial.method)
+        method_cls = catalog.method_class(trial.method)
         method_cfg = method_cls.make_config(trial.method_config, trial.name)
         trainer = Trainer(data, method_cls, method_cfg, trial.train, trial.labeled_rows, trial.seed, run_dir,
                           trial.protocol, trial.card.classes, trial.card.in_channels, logger=run, device=str(dev),

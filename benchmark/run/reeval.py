@@ -51,7 +51,7 @@ def evaluate_saved(saved: SavedModel, protocol_overrides: dict[str, Any], datase
     protocol = build_dataclass(EvaluationProtocol, base, "bench eval: protocol")
     protocol.validate("bench eval: protocol", card.num_classes)
     method_cfg_values = {k: v for k, v in cfg["method"].items() if k != "name"}
-    method_cls = catalog.methods().get(cfg["method"]["name"])
+    method_cls = catalog.method_class(cfg["method"]["name"])
     train = build_dataclass(TrainConfig, cfg["train"], "config.yaml: train")
     dev = pick_device(device)
     method = build_method(method_cls, method_cls.make_config(method_cfg_values, "config.yaml: method"), train,

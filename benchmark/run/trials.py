@@ -68,13 +68,19 @@ def expand(suite: Suite, methods: Sequence[str] | None = None, seeds: Sequence[i
     chosen = list(methods or suite.methods) if (methods or suite.methods != "all") else ["all"]
     if chosen == ["all"]:
         chosen = registry.names()
-    classes = {m: registry.get(m) for m in chosen}  # unknown names raise with the valid list
+    classes = {m: catalog.method_class(m) for m in chosen}  # unknown names raise with the valid list
+    presets = {m: catalog.preset_overrides(m) for m in chosen}
     for name in (*suite.method_config, *suite.method_train):
-        registry.get(name)
+        catalog.method_class(name)
+
+    def layered(table: dict[str, dict[str, Any]], method: str, preset: dict[str, Any] | None = None) -> dict[str, Any]:
+        """`advmim:no-adv` takes the suite's entry for `advmim`, then the preset's values, then its own entry."""
+        base = catalog.split_variant(method)[0]
+        return {**table.get(base, {}), **(preset or {}), **(table.get(method, {}) if method != base else {})}
 
     def train_for(method: str) -> TrainConfig:
         """Suite `train`, then the method's `method_train`, then the command line (which wins)."""
-        values = {**suite.train, **suite.method_train.get(method, {}), **(train_overrides or {})}
+        values = {**suite.train, **layered(suite.method_train, method), **(train_overrides or {})}
         if iterations is not None:
             values["iterations"] = iterations
         label = f"{where}: train" if method not in suite.method_train else f"{where}: train + method_train.{method}"
@@ -92,7 +98,8 @@ def expand(suite: Suite, methods: Sequence[str] | None = None, seeds: Sequence[i
         patients = card.labeled.patients(setting, f"{where}: labeled")
         rows = splits.labeled_rows(patients)
         for method, cls in classes.items():
-            cfg = cls.make_config(suite.method_config.get(method, {}), f"{where}: method_config.{method}")
+            cfg = cls.make_config(layered(suite.method_config, method, presets[method]),
+                                  f"{where}: method_config.{method}")
             if cls.uses_unlabeled and rows == len(splits.train):
                 raise ConfigError(f"{where}: {method} needs unlabeled data but {setting!r} labels all "
                                   f"{rows} training rows; drop that setting or use supervised")

@@ -1,0 +1,114 @@
+"""Multi-stage training (pre-train -> self-train) in the one Trainer: stage-local steps and lr, hand-over of the
+previous stage's best weights, and resume across a stage boundary."""
+from dataclasses import dataclass, replace
+
+import pytest
+import torch
+
+from benchmark.config import TrainConfig
+from benchmark.losses import dice_ce_loss
+from benchmark.train import Trainer
+from methods.base import Labeled, Method, MethodContext, Stage
+
+CFG = TrainConfig(iterations=4, batch_size=4, labeled_batch_size=2, patch_size=32, eval_every=100,
+                  checkpoint_every=100, log_every=1, num_workers=0, lr=0.05)
+
+
+@dataclass
+class TwoStageConfig:
+    pretrain_iterations: int = 3
+    init: str = "best_val"
+
+
+class TwoStage(Method):
+    """Pre-train on labeled data, then train again; records what the Trainer hands it."""
+
+    Config = TwoStageConfig
+
+    def __init__(self, cfg: TwoStageConfig, ctx: MethodContext) -> None:
+        super().__init__(cfg, ctx)
+        self.model = ctx.build_network()
+        self.optimizer = ctx.make_optimizer(self.model.parameters())
+        self.calls: list[tuple[int, int, float]] = []     # (stage index, local step, lr)
+        self.started: list[tuple[int, torch.Tensor]] = []  # (stage index, a weight at stage start)
+        self.stage_index = 0
+
+    def stages(self) -> list[Stage]:
+        return [Stage("pretrain", self.cfg.pretrain_iterations), Stage("selftrain", self.ctx.iterations, self.cfg.init)]
+
+    def start_stage(self, stage: Stage, index: int) -> None:
+        self.stage_index = index
+        self.started.append((index, next(self.model.parameters()).detach().clone()))
+
+    def train_step(self, labeled: Labeled, unlabeled, step: int):
+        self.calls.append((self.stage_index, step, self.optimizer.param_groups[0]["lr"]))
+        loss = dice_ce_loss(self.model(labeled.image), labeled.label)
+        self.update(loss, self.optimizer)
+        return {"loss": loss.detach()}
+
+    def predict(self, x):
+        return self.model(x)
+
+
+def trainer(synthetic, run_dir, cfg=CFG, method_cfg=None, logger=None) -> Trainer:
+    card, data = synthetic
+    return Trainer(data, TwoStage, method_cfg or TwoStageConfig(), cfg, 24, 0, run_dir, card.evaluation,
+                   card.classes, logger=logger, device="cpu", progress=False)
+
+
+def test_steps_and_lr_restart_in_each_stage(synthetic, tmp_path):
+    t = trainer(synthetic, tmp_path)
+    t.fit()
+    calls = t.method.calls
+    assert [(s, k) for s, k, _ in calls] == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2), (1, 3)]
+    lrs = {(s, k): lr for s, k, lr in calls}
+    assert lrs[(0, 0)] == lrs[(1, 0)] == pytest.approx(0.05), "poly restarts at the base lr"
+    assert lrs[(0, 2)] == pytest.approx(0.05 * (1 - 2 / 3) ** 0.9)
+    assert lrs[(1, 3)] == pytest.approx(0.05 * (1 - 3 / 4) ** 0.9)
+    assert (tmp_path / "pretrain-best_val.pt").exists() and (tmp_path / "best_val.pt").exists()
+
+
+def test_next_stage_starts_from_the_previous_stages_best_val_weights(synthetic, tmp_path):
+    cfg = replace(CFG, eval_every=1)  # selection after every step: the best is usually not the last
+    t = trainer(synthetic, tmp_path, cfg)
+    t.fit()
+    best = torch.load(tmp_path / "pretrain-best_val.pt", weights_only=False)["modules"]["model"]
+    start_weight = dict(t.method.started)[1]
+    assert torch.equal(start_weight, next(iter(best.values())))
+
+    cont = trainer(synthetic, tmp_path / "continue", cfg, TwoStageConfig(init="continue"))
+    cont.fit()
+    assert len(cont.method.started) == 2  # start_stage is called for the second stage without loading weights
+
+
+def test_resume_at_a_stage_boundary_matches_an_uninterrupted_run(synthetic, tmp_path):
+    class Stop:
+        def __init__(self, after: int | None = None) -> None:
+            self.losses: dict[int, float] = {}
+            self.after = after
+
+        def log_metrics(self, metrics, step):
+            if "train/loss" in metrics:
+                self.losses[step] = metrics["train/loss"]
+                if self.after is not None and step > self.after:
+                    raise KeyboardInterrupt
+
+    full = Stop()
+    trainer(synthetic, tmp_path / "full", logger=full).fit()
+    cut = Stop(after=3)  # stage 1 ends at step 3: last.pt holds the hand-over; dies while logging step 4
+    with pytest.raises(KeyboardInterrupt):
+        trainer(synthetic, tmp_path / "cut", logger=cut).fit()
+    assert torch.load(tmp_path / "cut" / "last.pt", weights_only=False)["stage"] == 1
+    again = Stop()
+    resumed = trainer(synthetic, tmp_path / "cut", logger=again)
+    resumed.fit()
+    assert min(again.losses) == 4 and resumed.method.calls[0][:2] == (1, 0)
+    for step, loss in again.losses.items():
+        assert loss == pytest.approx(full.losses[step], rel=1e-6)
+
+
+def test_invalid_stages_are_refused_before_training(synthetic, tmp_path):
+    with pytest.raises(ValueError, match="0 iterations"):
+        trainer(synthetic, tmp_path, method_cfg=TwoStageConfig(pretrain_iterations=0))
+    with pytest.raises(ValueError, match="init must be"):
+        trainer(synthetic, tmp_path, method_cfg=TwoStageConfig(init="best"))
