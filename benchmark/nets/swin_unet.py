@@ -41,6 +41,8 @@ from torch import nn
 from timm.layers import PatchEmbed, trunc_normal_
 from timm.models.swin_transformer import SwinTransformerBlock, SwinTransformerStage
 
+from benchmark.masks import upsample_block_mask
+
 LITE = dict(patch_size=4, embed_dim=96, depths=(2, 2, 2, 2), num_heads=(3, 6, 12, 24), window_size=7,
             mlp_ratio=4.0, drop_path_rate=0.2)
 
@@ -126,11 +128,7 @@ class SwinUNet(nn.Module):
         """Replace the token positions covered by the block mask (B, gh, gw) with the mask tokens."""
         if self.mask_token is None:
             raise ValueError("this Swin-UNet was built without mask tokens (mask_tokens=True)")
-        b, h, w, _ = tokens.shape
-        gh, gw = mask.shape[-2:]
-        if h % gh or w % gw:
-            raise ValueError(f"mask grid {gh}x{gw} does not divide the {h}x{w} token grid")
-        m = mask.to(tokens.dtype).repeat_interleave(h // gh, 1).repeat_interleave(w // gw, 2).unsqueeze(-1)
+        m = upsample_block_mask(mask, tokens.shape[1:3]).to(tokens.dtype).unsqueeze(-1)
         return tokens * (1 - m) + self.mask_token.to(tokens.dtype) * m
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
