@@ -43,6 +43,8 @@ Choices the paper leaves open (what we do):
   our presets read the rows as: labeled-only = S on L_seg^l alone (no C); cross-teaching = + L_seg^u for S and
   C; masked-domain = + L_mdl for S; adversarial = + L_adv for S; full = + L_mdl and L_adv for C (extension).
 - ImageNet weights for S: the paper does not say; `pretrained` is a local Swin-T path, None = from scratch.
+Logged terms: loss_{seg_l,seg_u,mdl_l,mdl_u,adv}_{s,c} (adv unweighted; the nets' totals loss_s, loss_c apply
+lambda_adv), loss_d_{s,c} (as minimised) and loss = loss_s + loss_c. A preset without a term does not log it.
 Checkpoint, evaluation set and augmentation are the Trainer's / suite's (paper: random crop 224, flip and
 rotation; PROTOCOLS.md §3.2).
 """

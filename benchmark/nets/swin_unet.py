@@ -16,6 +16,7 @@ Shape of the net (224 input, C = 96):
   final x4 patch expanding (Linear C->16C, pixel shuffle x4, LayerNorm) and a 1x1 conv (no bias) to classes.
   Decoder drop-path mirrors the encoder's rates per stage, as the reference.
 - init: truncated normal (std .02) for Linear weights, zero bias; LayerNorm 1/0 (reference `_init_weights`).
+27,168,420 parameters for 4 classes (the reference lite Swin-UNet's 27.17 M); mask tokens add 56*56*96 = 301,056.
 
 Masked image modeling (AdvMIM Eq. 3): `forward(x, mask)` with a boolean block mask (B, gh, gw) whose grid
 divides the token grid replaces the masked token positions by learnable mask tokens right after the patch
