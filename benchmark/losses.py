@@ -48,3 +48,31 @@ def entropy_map(probs: torch.Tensor, normalise: bool = False, eps: float = 1e-6)
     probs = probs.float()
     ent = -(probs * torch.log(probs + eps)).sum(1)
     return ent / math.log(probs.shape[1]) if normalise else ent
+
+
+def pseudo_targets(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A teaching net's signal for the other net: (argmax labels, max softmax probability = certainty), both
+    (B,H,W) and detached (cross teaching: CTCT, AdvMIM Eqs. 1-2)."""
+    certainty, labels = logits.detach().float().softmax(1).max(1)
+    return labels, certainty
+
+
+def weighted_ce(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None,
+                normalise: bool = False) -> torch.Tensor:
+    """Pixel-wise CE weighted by `weight` (B,H,W): mean(w * CE) (an expectation, AdvMIM Eq. 2), or with
+    normalise=True sum(w * CE) / sum(w) (AdvMIM's released code). Without weights: plain mean CE."""
+    ce = F.cross_entropy(logits.float(), target.long(), reduction="none")
+    if weight is None:
+        return ce.mean()
+    weighted = weight.float() * ce
+    return weighted.sum() / weight.float().sum().clamp_min(1e-8) if normalise else weighted.mean()
+
+
+def lsgan_discriminator_loss(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    """Least-squares GAN (Mao et al. 2017) for the discriminator: E[(D(real) - 1)^2] + E[D(fake)^2]."""
+    return ((real.float() - 1) ** 2).mean() + (fake.float() ** 2).mean()
+
+
+def lsgan_generator_loss(fake: torch.Tensor) -> torch.Tensor:
+    """Least-squares GAN for the generator: E[(D(fake) - 1)^2] (the fakes should be scored as real)."""
+    return ((fake.float() - 1) ** 2).mean()

@@ -43,7 +43,10 @@ def describe_device(device) -> str:
 
 def tags_of(trial: Trial, device: str) -> dict[str, str]:
     p = trial.protocol
-    return {"method": trial.method, "dataset": trial.card.name, "labeled_patients": str(trial.labeled_patients),
+    extra = {}
+    if "pretrained" in trial.method_config:  # methods with a Swin-UNet: tables must show runs without ImageNet weights
+        extra["pretrained"] = "none" if not trial.method_config["pretrained"] else Path(trial.method_config["pretrained"]).name
+    return extra | {"method": trial.method, "dataset": trial.card.name, "labeled_patients": str(trial.labeled_patients),
             "labeled_rows": str(trial.labeled_rows), "seed": str(trial.seed), "suite": trial.suite,
             "config_hash": trial.config_hash, "cell_hash": trial.cell_hash, "scoring_hash": p.scoring_hash,
             "iterations": str(trial.train.iterations), "device": device, "checkpoint_rule": p.checkpoint,
