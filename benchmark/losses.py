@@ -38,3 +38,28 @@ def entropy_map(probs: torch.Tensor, normalise: bool = False, eps: float = 1e-6)
     probs = probs.float()
     ent = -(probs * torch.log(probs + eps)).sum(1)
     return ent / math.log(probs.shape[1]) if normalise else ent
+
+
+def confidence_mask(probs: torch.Tensor, tau: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """FixMatch's pseudo-labels and their mask from softmax `probs` (B,C,H,W): (argmax (B,H,W), max >= tau)."""
+    conf, pseudo = probs.max(1)
+    return pseudo, conf >= tau
+
+
+def masked_dice_loss(probs: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """`dice_loss` over the pixels where `mask` (B,H,W) is True only: the thresholded Dice of UniMatch's medical
+    code and SemSim Eqs. 1 / 6 (per class over the batch, background included, mean over classes)."""
+    onehot = F.one_hot(target.long(), probs.shape[1]).permute(0, 3, 1, 2).to(probs.dtype)
+    keep = mask.unsqueeze(1).to(probs.dtype)
+    p, t, dims = probs * keep, onehot * keep, (0, 2, 3)
+    return (1 - (2 * (p * t).sum(dims) + eps) / ((p * p).sum(dims) + t.sum(dims) + eps)).mean()
+
+
+def masked_ce_loss(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
+                   weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Pixel CE kept where `mask` is True (optionally times a per-pixel `weight`), summed and divided by ALL
+    pixels (masked ones count as 0), as FixMatch's (1/|B|) sum 1(conf >= tau) CE."""
+    ce = F.cross_entropy(logits.float(), target.long(), reduction="none") * mask.to(torch.float32)
+    if weight is not None:
+        ce = ce * weight
+    return ce.mean()
