@@ -86,3 +86,8 @@ class UNet2D(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.encoder(x))
+
+    def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(logits, the encoder's five feature maps, finest first) from one pass; no extra parameters."""
+        features = self.encoder(x)
+        return self.decoder(features), features
