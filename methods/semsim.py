@@ -313,15 +313,17 @@ class SemSim(Method):
 
     def _intra(self, logits: torch.Tensor, fused: torch.Tensor) -> torch.Tensor:
         """p^in / p^w_1 (Eq. 5): the decoder's prediction resized to the fused map and refined by its affinity."""
-        small = F.interpolate(logits.float(), size=fused.shape[-2:], mode="bilinear", align_corners=False)
-        return refine(small, affinity(fused, self.cfg.affinity_temperature), self.cfg.refine_on)
+        with torch.autocast(fused.device.type, enabled=False):   # similarities in fp32 under bf16 training
+            small = F.interpolate(logits.float(), size=fused.shape[-2:], mode="bilinear", align_corners=False)
+            return refine(small, affinity(fused.float(), self.cfg.affinity_temperature), self.cfg.refine_on)
 
     def _cross(self, fused: torch.Tensor, protos: torch.Tensor, present: torch.Tensor
                ) -> tuple[torch.Tensor, torch.Tensor]:
         """(log p^cr (B, C, h, w), U~ (B, h, w)) of fused unlabeled features against the prototypes."""
         grid = region_grid(self.cfg.sub_regions, self.cfg.region_layout)
-        m = query_similarity(fused, protos, grid)
-        log_p, weight = cross_prediction(m, present, self.cfg.cross_temperature, self.cfg.r)
+        with torch.autocast(fused.device.type, enabled=False):
+            m = query_similarity(fused.float(), protos.float(), grid)
+            log_p, weight = cross_prediction(m, present, self.cfg.cross_temperature, self.cfg.r)
         shape = fused.shape[-2:]
         return log_p.unflatten(-1, shape), weight.unflatten(-1, shape)
 
@@ -371,7 +373,8 @@ class SemSim(Method):
             i = cfg.stream_cross - 1
             small = F.interpolate(labeled.label[:, None].float(), size=fused_l.shape[-2:], mode="nearest")[:, 0].long()
             grid = region_grid(cfg.sub_regions, cfg.region_layout)
-            protos, present = region_prototypes(fused_l.float(), small, logits.shape[1], grid)
+            with torch.autocast(fused_l.device.type, enabled=False):
+                protos, present = region_prototypes(fused_l.float(), small, logits.shape[1], grid)
             with torch.no_grad():
                 log_p2, _ = self._cross(fused_w, protos.detach(), present)
                 pseudo2, mask2 = confidence_mask(log_p2.exp(), cfg.tau)
