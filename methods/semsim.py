@@ -34,11 +34,19 @@ Departures and open choices (paper silent or ambiguous; choice made, and why):
 4. p^in is built from softmax probabilities and halved, p^in = (I(p) + I(p) M) / 2, so it is a distribution
    on the same scale as tau (`refine_on="logits"`: z + zM on logits, then softmax). M is row-stochastic
    (softmax over k2 for each pixel k1) and p^in(k1) = p(k1) + sum_k2 M(k1,k2) p(k2); with the symmetric
-   cosine this is the paper's I(p)·M with the softmax over the other index. `affinity_temperature` = 1 is
-   the paper as written (rows then stay close to uniform, max/min weight <= e^2).
-5. Cross-image temperature: cosines lie in [-1, 1], so Eq. 9 as written can never reach tau = 0.95 (for 4
-   classes max p^cr <= e/(e + 3/e) = 0.71) and L_cross would always be 0. We divide m by
-   `cross_temperature` = 0.1 (a common prototype temperature) in Eqs. 9-11; 1.0 reproduces the text literally.
+   cosine this is the paper's I(p)·M with the softmax over the other index. Affinity temperature: Eq. 4
+   has none, but raw cosines (in [0, 1] after the SFM's ReLU) over 3136 pixels give near-uniform rows, so
+   I(p) M is about the image's mean prediction: p^in then leans every pixel towards background, and with
+   tau = 0.95 only pixels of background-dominated images pass. The paper says M "delineates the regions
+   belonging to the same object", which needs peaked rows: `affinity_temperature` = 0.1 by default (1.0 in
+   the `paper-literal` preset).
+5. Cross-image temperature and mask: Eqs. 9-12 are used as written on raw cosines (`cross_temperature`
+   = 1); r = 1000 fits that reading (KL between near-uniform class distributions is ~1e-3, so exp(-r U)
+   spans (0, 1); with a sharp temperature such as 0.1 we measured U~ ~ 0.01 on ACDC, i.e. no L_cross).
+   But then max p^cr <= e/(e + 3/e) = 0.71 for 4 classes, so Eq. 13's mask 1(max p^w_2 >= 0.95) is always
+   empty. We take the mask from the decoder's weak confidence, max p^w >= tau (Eq. 1's mask;
+   `cross_mask="decoder"`), keeping argmax p^w_2 as the pseudo-label; `cross_mask="cross"` is Eq. 13
+   literally (useful only with cross_temperature < 1).
 6. Eqs. 10-11 take a KL of similarity vectors; we use the class distributions softmax_c(m(j)/T) (the terms
    of Eq. 9 for one labeled image). U~ is detached (a weight, not a target). Gradients flow from L_cross into
    both the unlabeled features and the labeled prototypes (`detach_prototypes` to stop the latter).
@@ -256,8 +264,9 @@ class SemSimConfig(WeakStrongConfig):
     sub_regions: int = 4             # N
     region_layout: str = "per_side"  # per_side (N x N grid) | total (N regions in all)
     r: float = 1000.0
-    cross_temperature: float = 0.1
-    affinity_temperature: float = 1.0
+    cross_temperature: float = 1.0
+    cross_mask: str = "decoder"      # decoder (max p^w >= tau) | cross (Eq. 13 as written: max p^w_2 >= tau)
+    affinity_temperature: float = 0.1
     refine_on: str = "probs"         # probs | logits
     feature_dropout: float = 0.5     # channel dropout on the strong views' encoder features
     detach_prototypes: bool = False
@@ -288,6 +297,8 @@ class SemSim(Method):
         "t6-dec-s1s2s3": {"use_intra": False, "use_cross": False, "streams_u": (1, 2, 3)},
         # Table I: SemSim^-
         "semsim-minus": {"fusion": "plain"},
+        # Eqs. 4 and 13 exactly as printed (see the docstring, items 4-5: L_cross's mask is then always empty)
+        "paper-literal": {"affinity_temperature": 1.0, "cross_mask": "cross"},
     }
 
     def __init__(self, cfg: SemSimConfig, ctx: MethodContext) -> None:
@@ -378,6 +389,8 @@ class SemSim(Method):
             with torch.no_grad():
                 log_p2, _ = self._cross(fused_w, protos.detach(), present)
                 pseudo2, mask2 = confidence_mask(log_p2.exp(), cfg.tau)
+                if cfg.cross_mask == "decoder":
+                    mask2 = F.interpolate(mask_w[:, None].float(), size=mask2.shape[-2:], mode="nearest")[:, 0] > 0
                 mask2 = mask2 & present[pseudo2]
             log_pcr, weight = self._cross(s_fused[i], protos.detach() if cfg.detach_prototypes else protos, present)
             losses["loss_cross"] = masked_ce_loss(log_pcr, views[i].targets(pseudo2), views[i].targets(mask2),

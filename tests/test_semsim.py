@@ -176,6 +176,17 @@ def test_threshold_masks_honour_tau():
     assert keep_none["loss_u"] == keep_none["loss_intra"] == keep_none["loss_cross"] == 0
 
 
+def test_cross_mask_sources():
+    """Eq. 13 as printed (mask from p^w_2) can never pass at T = 1; the default takes the decoder's mask."""
+    literal = _step(SemSimConfig(tau=0.75, cross_mask="cross"))
+    assert literal["mask_ratio_cross"] == 0 and literal["loss_cross"] == 0
+    assert _step(SemSimConfig(tau=0.75, cross_mask="cross", cross_temperature=0.01))["mask_ratio_cross"] > 0
+    decoder = _step(SemSimConfig(tau=0.0))
+    assert decoder["mask_ratio_cross"] == 1 and decoder["loss_cross"] > 0
+    assert _step(SemSimConfig(tau=1.01))["mask_ratio_cross"] == 0
+    assert SemSim.presets["paper-literal"] == {"affinity_temperature": 1.0, "cross_mask": "cross"}
+
+
 TERMS = ("loss_u", "loss_intra", "loss_cross")
 
 
