@@ -47,12 +47,14 @@ def _csv(text: Optional[str], cast=str) -> Optional[list]:
 
 
 @app.command("ls")
-def ls(kind: Listing = typer.Argument(..., help="methods, datasets or suites")) -> None:
+def ls(kind: Listing = typer.Argument(..., help="methods, datasets or suites"),
+       all_: bool = typer.Option(False, "--all", help="methods: also those of the papers' tables that are "
+                                                      "reported only (no implementation)")) -> None:
     """List registered methods, dataset cards or suites with a one-line description."""
     from benchmark import catalog
 
     try:
-        rows = catalog.describe(kind.value)
+        rows = catalog.describe(kind.value, reported=all_)
     except (ConfigError, UnknownNameError) as exc:
         _fail(str(exc))
     table = Table(show_header=True, header_style="bold")

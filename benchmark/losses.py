@@ -7,13 +7,23 @@ import torch
 import torch.nn.functional as F
 
 
-def dice_loss(probs: torch.Tensor, target: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+def dice_loss(probs: torch.Tensor, target: torch.Tensor, eps: float = 1e-5,
+              mask: torch.Tensor | None = None) -> torch.Tensor:
     """Soft Dice of softmax `probs` (B,C,H,W) against integer `target` (B,H,W), mean over ALL classes
-    (background included): 1 - (2 sum(p t) + eps) / (sum(p^2) + sum(t^2) + eps), per class over the batch."""
+    (background included): 1 - (2 sum(p t) + eps) / (sum(p^2) + sum(t^2) + eps), per class over the batch.
+
+    `mask` ((B,H,W) or (H,W), 0/1 or weights) restricts every sum to the masked pixels (BCP's masked
+    `DiceLoss(..., mask)`: each term multiplied by the mask before summing)."""
     onehot = F.one_hot(target.long(), probs.shape[1]).permute(0, 3, 1, 2).to(probs.dtype)
     dims = (0, 2, 3)
-    intersect = (probs * onehot).sum(dims)
-    denom = (probs * probs).sum(dims) + onehot.sum(dims)
+    if mask is None:
+        intersect = (probs * onehot).sum(dims)
+        denom = (probs * probs).sum(dims) + onehot.sum(dims)
+    else:
+        m = mask.to(probs.dtype)
+        m = m.unsqueeze(1) if m.dim() == 3 else m
+        intersect = (probs * onehot * m).sum(dims)
+        denom = (probs * probs * m).sum(dims) + (onehot * m).sum(dims)
     return (1 - (2 * intersect + eps) / (denom + eps)).mean()
 
 
@@ -44,15 +54,6 @@ def confidence_mask(probs: torch.Tensor, tau: float) -> tuple[torch.Tensor, torc
     """FixMatch's pseudo-labels and their mask from softmax `probs` (B,C,H,W): (argmax (B,H,W), max >= tau)."""
     conf, pseudo = probs.max(1)
     return pseudo, conf >= tau
-
-
-def masked_dice_loss(probs: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    """`dice_loss` over the pixels where `mask` (B,H,W) is True only: the thresholded Dice of UniMatch's medical
-    code and SemSim Eqs. 1 / 6 (per class over the batch, background included, mean over classes)."""
-    onehot = F.one_hot(target.long(), probs.shape[1]).permute(0, 3, 1, 2).to(probs.dtype)
-    keep = mask.unsqueeze(1).to(probs.dtype)
-    p, t, dims = probs * keep, onehot * keep, (0, 2, 3)
-    return (1 - (2 * (p * t).sum(dims) + eps) / ((p * p).sum(dims) + t.sum(dims) + eps)).mean()
 
 
 def masked_ce_loss(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,

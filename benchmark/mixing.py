@@ -1,58 +1,74 @@
-"""Box mixing shared by the methods that cut and paste between images (CutMix, copy-paste).
+"""Copy-paste mixing shared by the methods that cut a box out of one image and paste it into another
+(BCP's bidirectional copy-paste; FixMatch / SemSim's CutMix boxes via `cutmix_masks`).
 
-`random_box` draws one axis-aligned box of a given side fraction at a uniformly random position that fits
-inside the image; `box_mask` turns it into a boolean mask; `cutmix_masks` draws a batch of UniMatch-style
-CutMix boxes (random area and aspect ratio, applied with a probability); `mix` pastes where a mask is set.
+    box = sample_box(256, 256, side_ratio=2 / 3)        # where the foreground goes
+    mask = box_mask(256, 256, box)                      # (H, W) 1 inside the box, 0 outside
+    mixed = paste(background, foreground, mask)         # images (B,C,H,W) or labels (B,H,W) alike
+
+Convention: the mask is 1 where the FOREGROUND (the pasted box) is. Randomness comes from torch's RNG (or a
+given generator), so it follows the Trainer's seeding and resume.
 """
 from __future__ import annotations
 
-import math
+from typing import NamedTuple
 
 import torch
 
-Box = tuple[slice, slice]
+
+class Box(NamedTuple):
+    top: int
+    left: int
+    height: int
+    width: int
 
 
-def _uniform(generator: torch.Generator | None, low: float = 0.0, high: float = 1.0) -> float:
-    return low + (high - low) * float(torch.rand((), generator=generator))
+def sample_box(height: int, width: int, side_ratio: float | tuple[float, float],
+               generator: torch.Generator | None = None) -> Box:
+    """A box of int(side_ratio * H) x int(side_ratio * W) pixels at a uniformly random position; a
+    (row, column) pair of ratios gives a rectangle.
+
+    The top-left corner is drawn from [0, H - h) x [0, W - w), upper bound EXCLUDED, as BCP's
+    `generate_mask` (numpy's randint): the position flush with the bottom/right border is never drawn. When
+    the box fills a side (h == H) the corner is 0.
+    """
+    rh, rw = (side_ratio, side_ratio) if isinstance(side_ratio, (int, float)) else side_ratio
+    if not (0.0 < rh <= 1.0 and 0.0 < rw <= 1.0):
+        raise ValueError(f"side_ratio must be in (0, 1] (got {side_ratio})")
+    h, w = int(height * rh), int(width * rw)
+    if h < 1 or w < 1:
+        raise ValueError(f"a {side_ratio} box of a {height}x{width} image is empty")
+    top = int(torch.randint(0, max(height - h, 1), (), generator=generator))
+    left = int(torch.randint(0, max(width - w, 1), (), generator=generator))
+    return Box(top, left, h, w)
 
 
-def random_box(h: int, w: int, ratio: float | tuple[float, float], generator: torch.Generator | None = None) -> Box:
-    """(rows, cols) slices of a box whose sides are `ratio` of the image's (a float, or (row, col) fractions),
-    rounded down and at least 1 pixel, placed uniformly at random entirely inside the h x w image."""
-    rh, rw = (ratio, ratio) if isinstance(ratio, (int, float)) else ratio
-    if not (0 < rh <= 1 and 0 < rw <= 1):
-        raise ValueError(f"box side fractions must be in (0, 1] (got {ratio!r})")
-    bh, bw = max(1, int(h * rh)), max(1, int(w * rw))
-    top = int(torch.randint(0, h - bh + 1, (), generator=generator))
-    left = int(torch.randint(0, w - bw + 1, (), generator=generator))
-    return slice(top, top + bh), slice(left, left + bw)
-
-
-def box_mask(h: int, w: int, box: Box, device: torch.device | str | None = None) -> torch.Tensor:
-    """Boolean (h, w) mask, True inside `box`."""
-    mask = torch.zeros(h, w, dtype=torch.bool, device=device)
-    mask[box] = True
+def box_mask(height: int, width: int, box: Box, device: torch.device | str | None = None) -> torch.Tensor:
+    """(H, W) float mask, 1 inside `box` and 0 elsewhere."""
+    mask = torch.zeros(height, width, device=device)
+    mask[box.top:box.top + box.height, box.left:box.left + box.width] = 1.0
     return mask
 
 
-def cutmix_masks(n: int, h: int, w: int, p: float = 0.5, area: tuple[float, float] = (0.02, 0.4),
+def paste(background: torch.Tensor, foreground: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """`foreground` where `mask` is 1, `background` elsewhere; the (H, W) or (B, H, W) mask broadcasts over
+    images (B, C, H, W) and label maps (B, H, W), and the result keeps the inputs' dtype."""
+    if background.dim() == 4 and mask.dim() == 3:
+        mask = mask.unsqueeze(1)
+    return torch.where(mask.bool(), foreground, background)
+
+
+def cutmix_masks(n: int, height: int, width: int, p: float = 0.5, area: tuple[float, float] = (0.02, 0.4),
                  aspect: tuple[float, float] = (0.3, 1 / 0.3), generator: torch.Generator | None = None,
                  device: torch.device | str | None = None) -> torch.Tensor:
-    """(n, h, w) boolean CutMix masks: with probability `p` a box of area fraction ~ U(area) and aspect ratio
-    (height / width) ~ U(aspect), else empty (UniMatch's medical CutMix box, PROTOCOLS.md §3.8)."""
-    masks = torch.zeros(n, h, w, dtype=torch.bool)
+    """(n, H, W) boolean CutMix masks: with probability `p` a box of area fraction ~ U(area) and aspect ratio
+    (height / width) ~ U(aspect) at a random position (`sample_box`), else empty (UniMatch's medical CutMix,
+    PROTOCOLS.md §3.8; its box may also sit flush with the bottom/right border, ours never does)."""
+    masks = torch.zeros(n, height, width, dtype=torch.bool)
     for i in range(n):
-        if _uniform(generator) >= p:
+        if float(torch.rand((), generator=generator)) >= p:
             continue
-        a, r = _uniform(generator, *area), _uniform(generator, *aspect)
-        rh, rw = min(1.0, math.sqrt(a * r)), min(1.0, math.sqrt(a / r))
-        masks[i][random_box(h, w, (rh, rw), generator)] = True
+        a = area[0] + (area[1] - area[0]) * float(torch.rand((), generator=generator))
+        r = aspect[0] + (aspect[1] - aspect[0]) * float(torch.rand((), generator=generator))
+        box = sample_box(height, width, (min(1.0, (a * r) ** 0.5), min(1.0, (a / r) ** 0.5)), generator)
+        masks[i] = box_mask(height, width, box).bool()
     return masks.to(device)
-
-
-def mix(base: torch.Tensor, pasted: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """`pasted` where `mask` (B, H, W) is True, `base` elsewhere; works for (B, H, W) and (B, C, H, W)."""
-    if base.dim() == mask.dim() + 1:
-        mask = mask.unsqueeze(1)
-    return torch.where(mask, pasted, base)

@@ -36,8 +36,8 @@ import torch
 import torch.nn.functional as F
 
 from benchmark.data.device_augment import colour_jitter, gaussian_blur, random_flip
-from benchmark.losses import confidence_mask, dice_ce_loss, dice_loss, masked_ce_loss, masked_dice_loss
-from benchmark.mixing import cutmix_masks, mix
+from benchmark.losses import confidence_mask, dice_ce_loss, dice_loss, masked_ce_loss
+from benchmark.mixing import cutmix_masks, paste
 from benchmark.schedules import RampedConsistency
 from methods.base import METHODS, Labeled, Method, MethodContext
 
@@ -66,7 +66,7 @@ class StrongView(NamedTuple):
         box = self.box
         if box.shape[-2:] != target.shape[-2:]:
             box = F.interpolate(box[:, None].float(), size=target.shape[-2:], mode="nearest")[:, 0].bool()
-        return mix(target, target[self.partner], box)
+        return paste(target, target[self.partner], box)
 
 
 def weak_view(x: torch.Tensor, cfg: WeakStrongConfig) -> torch.Tensor:
@@ -82,7 +82,7 @@ def strong_view(weak: torch.Tensor, cfg: WeakStrongConfig, cutmix: bool = True,
     partner = torch.randperm(n, generator=generator).to(x.device)
     p = cfg.cutmix_p if cutmix else 0.0
     box = cutmix_masks(n, h, w, p, (cfg.cutmix_area_min, cfg.cutmix_area_max), generator=generator, device=x.device)
-    return StrongView(mix(x, x[partner], box), box, partner)
+    return StrongView(paste(x, x[partner], box), box, partner)
 
 
 def unsupervised_loss(kind: str, logits_s: torch.Tensor, pseudo: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -90,9 +90,9 @@ def unsupervised_loss(kind: str, logits_s: torch.Tensor, pseudo: torch.Tensor, m
     if kind == "ce":
         return masked_ce_loss(logits_s, pseudo, mask)
     if kind == "dice":
-        return masked_dice_loss(logits_s.float().softmax(1), pseudo, mask)
+        return dice_loss(logits_s.float().softmax(1), pseudo, mask=mask)
     if kind == "ce+dice":
-        return masked_ce_loss(logits_s, pseudo, mask) + masked_dice_loss(logits_s.float().softmax(1), pseudo, mask)
+        return masked_ce_loss(logits_s, pseudo, mask) + dice_loss(logits_s.float().softmax(1), pseudo, mask=mask)
     raise ValueError(f"unsup_loss must be ce, dice or ce+dice (got {kind!r})")
 
 

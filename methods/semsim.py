@@ -65,7 +65,7 @@ Departures and open choices (paper silent or ambiguous; choice made, and why):
    give enough detail (depth, heads, MLP ratio, projections) to match its count.
 9. SemSim^-'s "simpler convolution": Eq. 17 without the transformer, a 1x1 conv (32+64+128 -> D) + BN + ReLU
    over the stage-3-sized maps (+29 k parameters: 1.843 M in total; the paper lists 1.81 M).
-10. L_u / L_intra use the thresholded Dice of `benchmark.losses.masked_dice_loss` (Dice over the kept pixels,
+10. L_u / L_intra use the thresholded Dice `benchmark.losses.dice_loss(..., mask=)` (Dice over the kept pixels,
    background included, as UniMatch's medical code); L_cross divides by all pixels (FixMatch's 1/|B_u| sum).
 11. Channel dropout (`feature_dropout` 0.5, Dropout2d) perturbs every encoder level of the strong views
    before the decoder and the SFM; the paper says only "channel dropout of 50 % probability".
@@ -81,7 +81,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmark.losses import confidence_mask, dice_ce_loss, masked_ce_loss, masked_dice_loss
+from benchmark.losses import confidence_mask, dice_ce_loss, dice_loss, masked_ce_loss
 from benchmark.nets.unet import UNet2D
 from methods.base import METHODS, Labeled, Method, MethodContext
 from methods.fixmatch import WeakStrongConfig, strong_view, weak_view
@@ -364,8 +364,8 @@ class SemSim(Method):
         losses = {"loss_u": zero, "loss_intra": zero, "loss_cross": zero}
         logs: dict[str, torch.Tensor] = {}
         if cfg.use_u:
-            terms = [masked_dice_loss(s_logits[i - 1].float().softmax(1), views[i - 1].targets(pseudo_w),
-                                      views[i - 1].targets(mask_w)) for i in cfg.streams_u]
+            terms = [dice_loss(s_logits[i - 1].float().softmax(1), views[i - 1].targets(pseudo_w),
+                               mask=views[i - 1].targets(mask_w)) for i in cfg.streams_u]
             losses["loss_u"] = torch.stack(terms).mean()
             logs["mask_ratio"] = mask_w.float().mean()
         if need_feat:
@@ -378,7 +378,7 @@ class SemSim(Method):
                 p1_w = self._intra(logits_w, fused_w)
                 pseudo1, mask1 = confidence_mask(p1_w, cfg.tau)
             p_in = self._intra(s_logits[i], s_fused[i])
-            losses["loss_intra"] = masked_dice_loss(p_in, views[i].targets(pseudo1), views[i].targets(mask1))
+            losses["loss_intra"] = dice_loss(p_in, views[i].targets(pseudo1), mask=views[i].targets(mask1))
             logs["mask_ratio_intra"] = mask1.float().mean()
         if cfg.use_cross:
             i = cfg.stream_cross - 1

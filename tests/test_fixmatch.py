@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from benchmark.data.device_augment import colour_jitter, gaussian_blur, random_flip
-from benchmark.losses import confidence_mask, dice_loss, masked_ce_loss, masked_dice_loss
-from benchmark.mixing import box_mask, cutmix_masks, mix, random_box
+from benchmark.losses import confidence_mask, dice_loss, masked_ce_loss
+from benchmark.mixing import box_mask, cutmix_masks, paste, sample_box
 from methods.base import METHODS
 from methods.fixmatch import FixMatch, FixMatchConfig, ssl4mis_pseudo_labels, strong_view
 from method_helpers import method_ctx, smoke_run, tiny_batch
@@ -24,25 +24,25 @@ def test_masked_losses_ignore_masked_pixels_and_equal_plain_dice_when_all_kept()
     logits = torch.randn(2, 4, 8, 8)
     target = torch.randint(0, 4, (2, 8, 8))
     full = torch.ones(2, 8, 8, dtype=torch.bool)
-    torch.testing.assert_close(masked_dice_loss(logits.softmax(1), target, full), dice_loss(logits.softmax(1), target))
+    torch.testing.assert_close(dice_loss(logits.softmax(1), target, mask=full), dice_loss(logits.softmax(1), target))
     half = full.clone()
     half[:, :, 4:] = False
     changed = logits.clone()
     changed[:, :, :, 4:] = torch.randn(2, 4, 8, 4) * 10     # only masked-out pixels change
-    for fn in (lambda l: masked_dice_loss(l.softmax(1), target, half), lambda l: masked_ce_loss(l, target, half)):
+    for fn in (lambda l: dice_loss(l.softmax(1), target, mask=half), lambda l: masked_ce_loss(l, target, half)):
         torch.testing.assert_close(fn(logits), fn(changed))
     assert masked_ce_loss(logits, target, ~full).item() == 0
 
 
-def test_random_box_fits_and_has_the_requested_sides():
+def test_rectangular_box_fits_and_has_the_requested_sides():
     g = torch.Generator().manual_seed(0)
     for _ in range(50):
-        rows, cols = random_box(20, 30, (0.5, 0.2), g)
-        assert rows.stop - rows.start == 10 and cols.stop - cols.start == 6
-        assert 0 <= rows.start and rows.stop <= 20 and 0 <= cols.start and cols.stop <= 30
-    assert box_mask(20, 30, (rows, cols)).sum() == 60
+        box = sample_box(20, 30, (0.5, 0.2), g)
+        assert (box.height, box.width) == (10, 6)
+        assert 0 <= box.top and box.top + box.height <= 20 and 0 <= box.left and box.left + box.width <= 30
+    assert box_mask(20, 30, box).sum() == 60
     with pytest.raises(ValueError):
-        random_box(10, 10, 1.5)
+        sample_box(10, 10, (0.5, 1.5))
 
 
 def test_cutmix_masks_area_and_probability():
@@ -78,7 +78,7 @@ def test_strong_view_targets_follow_the_box():
     weak = torch.arange(4).float().view(4, 1, 1, 1).expand(4, 1, 16, 16) / 4
     view = strong_view(weak, cfg, generator=g)
     # with no colour/blur the strong image is exactly the weak image mixed by the box
-    torch.testing.assert_close(view.image, mix(weak, weak[view.partner], view.box))
+    torch.testing.assert_close(view.image, paste(weak, weak[view.partner], view.box))
     labels = torch.arange(4).view(4, 1, 1).expand(4, 16, 16)
     mixed = view.targets(labels)
     assert torch.equal(mixed, (view.image[:, 0] * 4).round().long())

@@ -215,13 +215,13 @@ def test_table_vi_presets_route_the_strong_views(monkeypatch, preset, views, int
         made.append(real_view(weak, cfg))
         return made[-1]
 
-    real_dice, real_ce = ss.masked_dice_loss, ss.masked_ce_loss
+    real_dice, real_ce = ss.dice_loss, ss.masked_ce_loss
     monkeypatch.setattr(ss, "strong_view", tagged_view)
     from methods.fixmatch import StrongView
     real_targets = StrongView.targets
     last = {}
     monkeypatch.setattr(StrongView, "targets", lambda self, t: last.update(view=next(i + 1 for i, v in enumerate(made) if v is self)) or real_targets(self, t))
-    monkeypatch.setattr(ss, "masked_dice_loss", lambda p, t, m: used["intra" if p.shape[-1] != 32 else "u"].append(last["view"]) or real_dice(p, t, m))
+    monkeypatch.setattr(ss, "dice_loss", lambda p, t, mask: used["intra" if p.shape[-1] != 32 else "u"].append(last["view"]) or real_dice(p, t, mask=mask))
     monkeypatch.setattr(ss, "masked_ce_loss", lambda *a, **k: used["cross"].append(last["view"]) or real_ce(*a, **k))
     _step(SemSimConfig(tau=0.0, **SemSim.presets[preset]))
     assert len(made) == views
