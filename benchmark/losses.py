@@ -76,3 +76,17 @@ def lsgan_discriminator_loss(real: torch.Tensor, fake: torch.Tensor) -> torch.Te
 def lsgan_generator_loss(fake: torch.Tensor) -> torch.Tensor:
     """Least-squares GAN for the generator: E[(D(fake) - 1)^2] (the fakes should be scored as real)."""
     return ((fake.float() - 1) ** 2).mean()
+def confidence_mask(probs: torch.Tensor, tau: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """FixMatch's pseudo-labels and their mask from softmax `probs` (B,C,H,W): (argmax (B,H,W), max >= tau)."""
+    conf, pseudo = probs.max(1)
+    return pseudo, conf >= tau
+
+
+def masked_ce_loss(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
+                   weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Pixel CE kept where `mask` is True (optionally times a per-pixel `weight`), summed and divided by ALL
+    pixels (masked ones count as 0), as FixMatch's (1/|B|) sum 1(conf >= tau) CE."""
+    ce = F.cross_entropy(logits.float(), target.long(), reduction="none") * mask.to(torch.float32)
+    if weight is not None:
+        ce = ce * weight
+    return ce.mean()

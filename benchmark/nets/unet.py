@@ -93,3 +93,8 @@ class UNet2D(nn.Module):
 
     def forward(self, x: torch.Tensor, after_first: FeatureHook | None = None) -> torch.Tensor:
         return self.decoder(self.encoder(x, after_first))
+
+    def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(logits, the encoder's five feature maps, finest first) from one pass; no extra parameters."""
+        features = self.encoder(x)
+        return self.decoder(features), features
