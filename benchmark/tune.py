@@ -265,7 +265,8 @@ class TrialRecord:
 
 
 def best_record(records: Sequence[TrialRecord]) -> TrialRecord | None:
-    """The argmax of the objective over trials that ran to the end (pruned ones only if none did)."""
+    """The argmax of the objective over trials that ran to the end (pruned ones only if none did); the
+    earliest of tied trials (records come in start order)."""
     scored = [r for r in records if r.objective is not None and math.isfinite(r.objective)]
     finished = [r for r in scored if r.status == "finished"]
     pool = finished or scored
@@ -475,6 +476,11 @@ def run_study(setup: StudySetup, trials: int = 20, pruner: str = "asha", max_con
         raise ConfigError(f"nothing to tune: {setup.method} declares no "
                           f"{'search_space' if setup.kind == 'search' else 'search_grids'}; give --space NAME=SPEC")
     check_names(names, setup.method)
+    from benchmark import catalog
+
+    cls = catalog.method_class(setup.method)
+    if cls.__module__.partition(".")[0] != "methods":   # registered out of tree (a plugin, a test): ship it
+        setup.extra_methods.setdefault(catalog.split_variant(setup.method)[0], cls)
     space = {n: parse_dimension(n, s) for n, s in setup.space.items()} if setup.kind == "search" else {}
     check_kinds(space, setup.method)
     # every extreme value builds a valid trial before anything trains (ConfigError names the field)
@@ -515,12 +521,17 @@ def run_study(setup: StudySetup, trials: int = 20, pruner: str = "asha", max_con
             else:
                 missing.append(point)
         points = missing
-    errors: list[str] = []
+    failed: list[tuple[str, str | None]] = []
     ran = num_samples if setup.kind == "search" else len(points)
     if ran:
-        errors = _fit(setup, searcher, points, num_samples, pruner, base.train.iterations,
+        failed = _fit(setup, searcher, points, num_samples, pruner, base.train.iterations,
                       grace_period or max(base.train.eval_every, base.train.iterations // 8), max_concurrent,
                       cpus_per_trial, gpus_per_trial, ray_address, on_trial)
+    for reason, run_id in failed:   # a worker that died (OOM, segfault) could not mark its own run
+        if run_id and tracker.client.get_run(run_id).info.status == "RUNNING":
+            tracker.client.set_tag(run_id, "failure_reason", reason[:5000])
+            tracker.client.set_terminated(run_id, "FAILED")
+    errors = [reason for reason, _ in failed]
     records = study_records(setup, tracker)
     best = best_record(records)
     best_file = _write_outputs(setup, tracker, records, best, space)
@@ -530,8 +541,8 @@ def run_study(setup: StudySetup, trials: int = 20, pruner: str = "asha", max_con
 
 def _fit(setup: StudySetup, searcher, points: list[dict[str, Any]], num_samples: int, pruner: str, iterations: int,
          grace_period: int, max_concurrent: int, cpus: float, gpus: float, address: str | None,
-         on_trial: Callable[[str], None] | None) -> list[str]:
-    """One Tuner.fit over the missing trials; returns the error texts of trials that failed."""
+         on_trial: Callable[[str], None] | None) -> list[tuple[str, str | None]]:
+    """One Tuner.fit over the missing trials; returns (error text, MLflow run id or None) of failed trials."""
     import ray
     from ray import tune
 
@@ -552,10 +563,15 @@ def _fit(setup: StudySetup, searcher, points: list[dict[str, Any]], num_samples:
                                     failure_config=tune.FailureConfig(max_failures=0), verbose=0,
                                     callbacks=[_progress_callback(setup.metric, on_trial)])
         grid = tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config).fit()
-        return [str(r.error).splitlines()[0] if str(r.error) else repr(r.error) for r in grid if r.error is not None]
+        return [(_first_line(r.error), (r.metrics or {}).get("run_id")) for r in grid if r.error is not None]
     finally:
         if started:
             ray.shutdown()
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else repr(error)
 
 
 def _progress_callback(metric: str, sink: Callable[[str], None] | None):
