@@ -214,11 +214,12 @@ class StudySetup:
     metric: str = "val/dice"
     device: str = "auto"
     kind: str = "search"                     # search | grid
-    space: dict[str, str] = field(default_factory=dict)     # name -> spec (search) or name -> values (grid)
-    grid: list[dict[str, Any]] = field(default_factory=list)
+    space: dict[str, str] = field(default_factory=dict)       # search: name -> spec ("uniform:0.1:0.9")
+    grid: list[dict[str, Any]] = field(default_factory=list)   # grid: the points, each name -> value
     parent_run_id: str | None = None
     #: methods registered at run time in the driver (plugins, tests) that the Ray workers must register too
     extra_methods: dict[str, type] = field(default_factory=dict)
+    _base_hash: str | None = field(default=None, repr=False)
 
     @property
     def experiment(self) -> str:
@@ -226,9 +227,11 @@ class StudySetup:
 
     @property
     def study_id(self) -> str:
-        """Identity of the study: what is searched, on which cell and budget, for which objective."""
-        return stable_hash({"suite": self.suite.name, "method": self.method, "labeled": str(self.labeled),
-                            "seed": self.seed, "iterations": self.iterations, "metric": self.metric,
+        """Identity of the study: the untuned trial's config hash (dataset, labeled setting, seed, Trainer
+        settings, method defaults: change the suite and it is another study), what is searched, the objective."""
+        if self._base_hash is None:
+            self._base_hash = self.make_trial({}).config_hash
+        return stable_hash({"suite": self.suite.name, "base": self._base_hash, "metric": self.metric,
                             "kind": self.kind, "space": self.space, "grid": self.grid}, 8)
 
     @property
@@ -627,7 +630,8 @@ def _write_outputs(setup: StudySetup, tracker, records: list[TrialRecord], best:
             tracker.client.set_tag(setup.parent_run_id, f"best.{k}", str(v))
         tracker.client.set_tag(setup.parent_run_id, "best.config_hash", best.config_hash)
     if done and not pd.isna(frame["objective"]).all():
-        plot = sensitivity_plot(frame, list(best.values) if best else [], space, study_dir / "sensitivity.png")
+        names = sorted({k for r in records for k in r.values})
+        plot = sensitivity_plot(frame, names, space, study_dir / "sensitivity.png")
         if plot is not None:
             tracker.client.log_artifact(setup.parent_run_id, str(plot))
     return best_file
@@ -643,34 +647,31 @@ def records_frame(records: Sequence[TrialRecord]):
 
 
 def sensitivity_plot(frame, names: list[str], space: dict[str, Dimension], path: Path) -> Path | None:
-    """Objective against each searched value (one panel per field; pruned trials hollow)."""
+    """Objective against each searched value: one panel per field, the trial status as marker style."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import pandas as pd
     import seaborn as sns
+    from matplotlib.ticker import NullFormatter
 
     names = [n for n in names if n in frame]
     if not names:
         return None
     fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.2), squeeze=False)
     for ax, name in zip(axes[0], names):
-        data = frame.dropna(subset=["objective"])
-        numeric = pd_numeric(data[name])
-        if numeric is not None:
+        data = frame.dropna(subset=["objective", name])   # one-at-a-time grids leave the other fields empty
+        numeric = pd.to_numeric(data[name], errors="coerce")
+        if not numeric.isna().any():
             data = data.assign(**{name: numeric})
         sns.scatterplot(data=data, x=name, y="objective", hue="status", style="status", ax=ax)
         if name in space and space[name].kind == "loguniform":
             ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_ylabel("val Dice (objective)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
 
-
-def pd_numeric(series):
-    import pandas as pd
-
-    out = pd.to_numeric(series, errors="coerce")
-    return None if out.isna().any() else out

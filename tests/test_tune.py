@@ -163,6 +163,23 @@ def test_names_must_be_method_or_trainer_fields(disc):
         check_kinds({"optimizer": parse_dimension("optimizer", "uniform:1:5")}, "disc")
 
 
+def test_every_declared_search_space_and_grid_is_valid():
+    """Methods' `search_space` / `search_grids` parse and name real fields (fails for a method that declares a
+    typo, before anyone starts a study)."""
+    checked = 0
+    for entry in catalog.methods():
+        cls = entry.obj
+        if cls.search_space:
+            space = parse_space(None, cls.search_space)
+            check_names(list(space), entry.name)
+            check_kinds(space, entry.name)
+            checked += 1
+        if cls.search_grids:
+            check_names(list(cls.search_grids), entry.name)
+            assert all(isinstance(v, list) and v for v in cls.search_grids.values()), entry.name
+    assert checked >= 1   # mean-teacher declares one
+
+
 def test_bad_names_fail_before_any_training_or_tracking(tiny_suite, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     out = runner.invoke(app, ["tune", "--suite", str(tiny_suite), "--method", "mean-teacher",
