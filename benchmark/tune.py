@@ -150,12 +150,11 @@ def parse_grid(items: Sequence[str] | None, default: dict[str, list[Any]]) -> di
 
 
 def grid_points(grid: dict[str, list[Any]], product: bool = False) -> list[dict[str, Any]]:
-    """One factor at a time (the other fields keep their defaults) or the full product; duplicates dropped."""
+    """One factor at a time (the other fields keep their defaults) or the full product. Points that resolve to
+    the same config (a default value listed) train once: `run_study` keeps one per config hash."""
     if product:
-        points = [dict(zip(grid, combo)) for combo in itertools.product(*grid.values())]
-    else:
-        points = [{name: v} for name, values in grid.items() for v in values]
-    return points
+        return [dict(zip(grid, combo)) for combo in itertools.product(*grid.values())]
+    return [{name: v} for name, values in grid.items() for v in values]
 
 
 # ------------------------------------------------------------------------------------------ tunable fields
@@ -462,8 +461,7 @@ class StudyResult:
 
 def run_study(setup: StudySetup, trials: int = 20, pruner: str = "asha", max_concurrent: int = 1,
               cpus_per_trial: float = 1.0, gpus_per_trial: float = 0.0, ray_address: str | None = None,
-              grace_period: int | None = None, product: bool = False,
-              on_trial: Callable[[str], None] | None = None) -> StudyResult:
+              grace_period: int | None = None, on_trial: Callable[[str], None] | None = None) -> StudyResult:
     """Validate, run the missing trials through Ray Tune, and summarise the study (see the module doc)."""
     from benchmark.track import Tracker
 
@@ -527,9 +525,13 @@ def run_study(setup: StudySetup, trials: int = 20, pruner: str = "asha", max_con
     failed: list[tuple[str, str | None]] = []
     ran = num_samples if setup.kind == "search" else len(points)
     if ran:
-        failed = _fit(setup, searcher, points, num_samples, pruner, base.train.iterations,
-                      grace_period or max(base.train.eval_every, base.train.iterations // 8), max_concurrent,
-                      cpus_per_trial, gpus_per_trial, ray_address, on_trial)
+        try:
+            failed = _fit(setup, searcher, points, num_samples, pruner, base.train.iterations,
+                          grace_period or max(base.train.eval_every, base.train.iterations // 8), max_concurrent,
+                          cpus_per_trial, gpus_per_trial, ray_address, on_trial)
+        except BaseException:   # Ctrl-C or a crash of the driver: the study is resumable, not running
+            tracker.client.set_terminated(setup.parent_run_id, "KILLED")
+            raise
     for reason, run_id in failed:   # a worker that died (OOM, segfault) could not mark its own run
         if run_id and tracker.client.get_run(run_id).info.status == "RUNNING":
             tracker.client.set_tag(run_id, "failure_reason", reason[:5000])
