@@ -124,8 +124,9 @@ def tune(
     suite: str = typer.Option(..., "--suite", "-s", help="suite name or path (dataset, Trainer settings, method_config)"),
     method: str = typer.Option(..., "--method", "-m", help="the method to tune (method or method:preset)"),
     trials: int = typer.Option(20, help="trials in the study in total (a re-run continues up to this many)"),
-    space: Optional[list[str]] = typer.Option(None, "--space", help="NAME=uniform:a:b | loguniform:a:b | int:a:b | "
-                                              "choice:a,b,c (repeatable; default: the method's search_space); with "
+    space: Optional[list[str]] = typer.Option(None, "--space", help="NAME=uniform:LOW:HIGH | loguniform:LOW:HIGH | "
+                                              "int:LOW:HIGH | "
+                                              "choice:v1,v2 (repeatable; default: the method's search_space); with "
                                               "--grid NAME=v1,v2,..."),
     grid: bool = typer.Option(False, "--grid", help="grid search over the method's search_grids (or --space values), "
                               "one field at a time around the defaults"),
@@ -138,7 +139,8 @@ def tune(
     grace_period: Optional[int] = typer.Option(None, help="steps before a trial may be pruned (default: iterations/8)"),
     max_concurrent: int = typer.Option(1, help="trials at once"),
     cpus_per_trial: float = typer.Option(1.0, help="Ray CPUs per trial"),
-    gpus_per_trial: Optional[float] = typer.Option(None, help="Ray GPUs per trial, fractional (default: 0.25 with CUDA, else 0)"),
+    gpus_per_trial: Optional[float] = typer.Option(None, help="Ray GPUs per trial, fractional "
+                                                   "(default: 0.25 with CUDA, else 0)"),
     ray_address: Optional[str] = typer.Option(None, help="an existing Ray cluster (default: $RAY_ADDRESS, else local)"),
     work_dir: Path = typer.Option(Path("bench_runs"), help="checkpoints, per-trial files and the Optuna study"),
     data_root: Optional[Path] = typer.Option(None, help="folder holding real datasets (default: $BENCH_DATA_ROOT)"),
@@ -167,10 +169,12 @@ def tune(
             import torch
 
             gpus_per_trial = 0.25 if torch.cuda.is_available() else 0.0
-        console.print(f"[bold]{setup.study_name}[/]: {'grid of ' + str(len(setup.grid)) + ' point(s)' if grid else f'{trials} trial(s)'}"
-                      f", tracking to {setup.tracking_uri} (experiment {setup.experiment})")
+        size = f"grid of {len(setup.grid)} point(s)" if grid else f"{trials} trial(s)"
+        console.print(f"[bold]{setup.study_name}[/]: {size}, tracking to {setup.tracking_uri} "
+                      f"(experiment {setup.experiment})")
         result = run_study(setup, trials, pruner or ("none" if grid else "asha"), max_concurrent, cpus_per_trial,
-                           gpus_per_trial, ray_address, grace_period, on_trial=lambda line: console.print(line, highlight=False))
+                           gpus_per_trial, ray_address, grace_period,
+                           on_trial=lambda line: console.print(line, highlight=False))
     except (ConfigError, UnknownNameError) as exc:
         _fail(str(exc))
     names = sorted({k for r in result.records for k in r.values})

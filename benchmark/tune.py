@@ -372,8 +372,8 @@ def study_records(setup: StudySetup, tracker) -> list[TrialRecord]:
 
 def _open_parent(setup: StudySetup, tracker) -> str:
     """The study's MLflow parent run (reused on resume)."""
-    found = tracker.client.search_runs([tracker.experiment_id],
-                                       filter_string=f"tags.`tune.study_id` = '{setup.study_id}' and tags.`tune.role` = 'study'")
+    query = f"tags.`tune.study_id` = '{setup.study_id}' and tags.`tune.role` = 'study'"
+    found = tracker.client.search_runs([tracker.experiment_id], filter_string=query)
     if found:
         run_id = found[0].info.run_id
         tracker.client.update_run(run_id, status="RUNNING")
