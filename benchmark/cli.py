@@ -122,6 +122,85 @@ def run(
 
 
 @app.command()
+def tune(
+    suite: str = typer.Option(..., "--suite", "-s", help="suite name or path (dataset, Trainer settings, method_config)"),
+    method: str = typer.Option(..., "--method", "-m", help="the method to tune (method or method:preset)"),
+    trials: int = typer.Option(20, help="trials in the study in total (a re-run continues up to this many)"),
+    space: Optional[list[str]] = typer.Option(None, "--space", help="NAME=uniform:LOW:HIGH | loguniform:LOW:HIGH | "
+                                              "int:LOW:HIGH | "
+                                              "choice:v1,v2 (repeatable; default: the method's search_space); with "
+                                              "--grid NAME=v1,v2,..."),
+    grid: bool = typer.Option(False, "--grid", help="grid search over the method's search_grids (or --space values), "
+                              "one field at a time around the defaults"),
+    product: bool = typer.Option(False, "--product", help="with --grid: every combination instead of one at a time"),
+    pruner: Optional[str] = typer.Option(None, help="asha, median or none (default: asha; none with --grid)"),
+    seed: Optional[int] = typer.Option(None, help="training seed of every trial and TPE seed (default: the suite's first)"),
+    labeled: Optional[str] = typer.Option(None, help="labeled setting (default: the suite's first)"),
+    iterations: Optional[int] = typer.Option(None, help="override the suite's training iterations"),
+    metric: str = typer.Option("val/dice", help="the objective, a validation metric (maximised)"),
+    grace_period: Optional[int] = typer.Option(None, help="steps before a trial may be pruned (default: iterations/8)"),
+    max_concurrent: int = typer.Option(1, help="trials at once"),
+    cpus_per_trial: float = typer.Option(1.0, help="Ray CPUs per trial"),
+    gpus_per_trial: Optional[float] = typer.Option(None, help="Ray GPUs per trial, fractional "
+                                                   "(default: 0.25 with CUDA, else 0)"),
+    ray_address: Optional[str] = typer.Option(None, help="an existing Ray cluster (default: $RAY_ADDRESS, else local)"),
+    work_dir: Path = typer.Option(Path("bench_runs"), help="checkpoints, per-trial files and the Optuna study"),
+    data_root: Optional[Path] = typer.Option(None, help="folder holding real datasets (default: $BENCH_DATA_ROOT)"),
+    tracking_uri: Optional[str] = typer.Option(None, help="MLflow URI (default as for run)"),
+    device: str = typer.Option("auto", help="auto, cpu, cuda ..."),
+) -> None:
+    """Optuna search (TPE through Ray Tune, pruned by ASHA/median) or a grid over one method's hyper-parameters;
+    the objective is the validation Dice; writes best.yaml (a suite method_config fragment)."""
+    from benchmark import catalog
+    from benchmark.track import default_tracking_uri
+    from benchmark.tune import StudySetup, grid_points, parse_grid, parse_space, run_study
+
+    try:
+        spec = catalog.get_suite(suite)
+        cls = catalog.method_class(method)
+        setup = StudySetup(spec, method, labeled if labeled is not None else spec.labeled[0],
+                           seed if seed is not None else spec.seeds[0], iterations,
+                           str(data_root) if data_root else None, str(work_dir.resolve()),
+                           default_tracking_uri(tracking_uri), metric, device)
+        if grid:
+            setup.kind = "grid"
+            setup.grid = grid_points(parse_grid(space, cls.search_grids), product)
+        else:
+            setup.space = {n: d.spec for n, d in parse_space(space, cls.search_space).items()}
+        if gpus_per_trial is None:
+            import torch
+
+            gpus_per_trial = 0.25 if torch.cuda.is_available() else 0.0
+        size = f"grid of {len(setup.grid)} point(s)" if grid else f"{trials} trial(s)"
+        console.print(f"[bold]{setup.study_name}[/]: {size}, tracking to {setup.tracking_uri} "
+                      f"(experiment {setup.experiment})")
+        result = run_study(setup, trials, pruner or ("none" if grid else "asha"), max_concurrent, cpus_per_trial,
+                           gpus_per_trial, ray_address, grace_period,
+                           on_trial=lambda line: console.print(line, highlight=False))
+    except (ConfigError, UnknownNameError) as exc:
+        _fail(str(exc))
+    names = sorted({k for r in result.records for k in r.values})
+    table_ = Table(title=f"{result.setup.study_name}: {len(result.records)} trial(s), {result.ran} run now",
+                   show_header=True, header_style="bold")
+    for col in (*names, f"{metric} (objective)", "test Dice (reported)", "status", "config hash"):
+        table_.add_column(col)
+    ranked = sorted(result.records, key=lambda r: -(r.objective if r.objective is not None else -1.0))
+    for r in ranked:
+        status = r.status + (f" @ {r.pruned_at}" if r.pruned_at is not None else "")
+        best = " *" if result.best is not None and r.run_id == result.best.run_id else ""
+        table_.add_row(*(str(r.values.get(n, "(default)")) for n in names),
+                       "-" if r.objective is None else f"{r.objective:.4f}{best}",
+                       "-" if r.test_dice is None else f"{r.test_dice:.4f}", status, r.config_hash)
+    console.print(table_)
+    if result.best is not None:
+        console.print(f"best: {result.best.values} {metric} {result.best.objective:.4f} -> {result.best_file}")
+    for e in result.errors:
+        err.print(f"[red]failed trial:[/] {e}", highlight=False)
+    if result.errors or result.best is None:
+        raise typer.Exit(1)
+
+
+@app.command()
 def table(
     suite: str = typer.Option(..., "--suite", "-s", help="suite name or path"),
     format: Format = typer.Option(Format.markdown, "--format", "-f", help="markdown, latex or csv"),
