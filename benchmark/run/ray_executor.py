@@ -300,11 +300,8 @@ def _start_ray(address: str | None, env: dict[str, str]) -> tuple[bool, float]:
     t0 = time.perf_counter()
     kwargs: dict[str, Any] = {"runtime_env": {"env_vars": env}, "include_dashboard": False,
                               "logging_level": "WARNING", "log_to_driver": False}
-    target = address or os.environ.get("RAY_ADDRESS") or None
-    if target:
-        ray.init(address=target, **kwargs)
-    else:
-        ray.init(**kwargs)
+    # "local", not None: a bare ray.init() would join any cluster `ray start` left running on this machine
+    ray.init(address=address or os.environ.get("RAY_ADDRESS") or "local", **kwargs)
     return True, time.perf_counter() - t0
 
 
@@ -407,7 +404,7 @@ def _run_pending(pending: list[Trial], work_dir: Path, tracker, data_root: str |
         tuner = tune.Tuner(
             trainable,
             param_space={"index": tune.grid_search(list(range(len(pending))))},
-            tune_config=tune.TuneConfig(max_concurrent_trials=settings.max_concurrent,
+            tune_config=tune.TuneConfig(max_concurrent_trials=settings.max_concurrent, reuse_actors=True,
                                         trial_name_creator=lambda t: names[t.config["index"]],
                                         trial_dirname_creator=lambda t: names[t.config["index"]]),
             run_config=tune.RunConfig(name=f"{pending[0].suite}-{time.strftime('%Y%m%d-%H%M%S')}",
