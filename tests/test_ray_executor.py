@@ -254,8 +254,8 @@ def test_two_node_cluster_with_a_tracking_server(tiny_card, tmp_path, monkeypatc
     token = secrets.token_hex(16)
     env = child_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)
     gcs, mlflow_port = free_port(), free_port()
-    common = ["--num-gpus", "0", "--block", "--disable-usage-stats", "--num-cpus", "1",
-              "--min-worker-port", "0", "--max-worker-port", "0"]
+    common = ["--num-gpus", "0", "--num-cpus", "1", "--block",
+              "--disable-usage-stats"]
 
     def node_ports() -> list[str]:
         return ["--node-manager-port", str(free_port()), "--object-manager-port", str(free_port()),
@@ -265,24 +265,25 @@ def test_two_node_cluster_with_a_tracking_server(tiny_card, tmp_path, monkeypatc
     ray_bin = str(Path(sys.executable).parent / "ray")
     head_tmp, worker_tmp = Path(f"/tmp/rh{gcs}"), Path(f"/tmp/rw{gcs}")   # short: Ray's socket paths have a limit
     procs = []
+    logs = {name: open(tmp_path / f"{name}.log", "w") for name in ("head", "worker", "server")}
     try:
         server = subprocess.Popen(bench_cmd("server", "--port", str(mlflow_port), "--workers", "1",
                                             "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
                                             "--artifacts-destination", str(tmp_path / "artifacts")),
-                                  cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                  cwd=tmp_path, env=env, stdout=logs["server"], stderr=subprocess.STDOUT,
                                   start_new_session=True)
         procs.append(server)
         procs.append(subprocess.Popen(
             [ray_bin, "start", "--head", "--port", str(gcs), "--temp-dir", str(head_tmp), "--include-dashboard",
-             "false", "--ray-client-server-port", str(free_port()), *common, *node_ports()],
-            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
-        _wait_for(lambda: _alive_nodes(f"127.0.0.1:{gcs}", env) >= 1, 90, "head node")
+             "false", *common, *node_ports()],
+            cwd=tmp_path, env=env, stdout=logs["head"], stderr=subprocess.STDOUT, start_new_session=True))
+        _wait_for(lambda: _alive_nodes(f"127.0.0.1:{gcs}", env) >= 1, 120, "head node", tmp_path / "head.log")
         procs.append(subprocess.Popen(
             [ray_bin, "start", "--address", f"127.0.0.1:{gcs}", "--temp-dir", str(worker_tmp),
              "--resources", json.dumps({"second_node": 1}), *common, *node_ports()],
-            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
-        _wait_for(lambda: _alive_nodes(f"127.0.0.1:{gcs}", env) >= 2, 90, "worker node")
-        _wait_for(lambda: _healthy(mlflow_port), 90, "mlflow server")
+            cwd=tmp_path, env=env, stdout=logs["worker"], stderr=subprocess.STDOUT, start_new_session=True))
+        _wait_for(lambda: _alive_nodes(f"127.0.0.1:{gcs}", env) >= 2, 120, "worker node", tmp_path / "worker.log")
+        _wait_for(lambda: _healthy(mlflow_port), 120, "mlflow server", tmp_path / "server.log")
 
         suite = write_suite(tmp_path, tiny_card, "tiny-cluster", ["supervised", "mean-teacher"], [0, 1])
         uri = f"http://127.0.0.1:{mlflow_port}"
@@ -307,6 +308,8 @@ def test_two_node_cluster_with_a_tracking_server(tiny_card, tmp_path, monkeypatc
     finally:
         for proc in reversed(procs):
             stop_group(proc)
+        for f in logs.values():
+            f.close()
     time.sleep(1)
     assert not pids_mentioning(str(head_tmp)) and not pids_mentioning(str(worker_tmp)), "Ray processes left"
 
@@ -314,7 +317,10 @@ def test_two_node_cluster_with_a_tracking_server(tiny_card, tmp_path, monkeypatc
 def _alive_nodes(address: str, env: dict[str, str]) -> int:
     code = ("import ray; ray.init(address=%r, logging_level='ERROR', log_to_driver=False); "
             "print(sum(n['Alive'] for n in ray.nodes()))" % address)
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    try:
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=30)
+    except subprocess.TimeoutExpired:
+        return 0
     try:
         return int(out.stdout.strip().splitlines()[-1])
     except (IndexError, ValueError):
@@ -329,10 +335,10 @@ def _healthy(port: int) -> bool:
         return False
 
 
-def _wait_for(check, seconds: float, what: str) -> None:
+def _wait_for(check, seconds: float, what: str, log: Path) -> None:
     deadline = time.time() + seconds
     while time.time() < deadline:
         if check():
             return
         time.sleep(1)
-    raise AssertionError(f"{what} did not come up within {seconds:.0f} s")
+    raise AssertionError(f"{what} did not come up within {seconds:.0f} s; its log:\n{log.read_text()[-3000:]}")
