@@ -78,8 +78,8 @@ def run(
     gpus_per_trial: Optional[float] = typer.Option(None, help="ray: GPU share per trial, fractional (default: 0.25 "
                                                    "for 2D cards, 1 for 3D cards, 0 without GPUs)"),
     max_concurrent: Optional[int] = typer.Option(None, help="ray: most trials at once (default: what resources allow)"),
-    ray_address: Optional[str] = typer.Option(None, envvar="RAY_ADDRESS",
-                                              help="ray: an existing cluster (default: $RAY_ADDRESS, else a local Ray)"),
+    ray_address: Optional[str] = typer.Option(None, envvar="RAY_ADDRESS", help="ray: an existing cluster "
+                                              "(default: $RAY_ADDRESS, else a local Ray)"),
     work_dir: Path = typer.Option(Path("bench_runs"), help="checkpoints and per-trial files"),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1 ..."),
     force: bool = typer.Option(False, "--force", help="retrain trials that already finished"),
@@ -136,8 +136,9 @@ def run(
             _fail(str(exc))
         st = settings.stats
         if "ray_startup_s" in st:
-            console.print(f"ray: {st['nodes']} node(s), {st['cpus_per_trial']:g} CPU + {st['gpus_per_trial']:g} GPU "
-                          f"per trial, at most {st.get('peak_running', 0)} at once, start-up {st['ray_startup_s']:.1f} s")
+            console.print(f"ray: {st['nodes']} node(s), {st['cpus_per_trial']:g} CPU + {st['gpus_per_trial']:g} GPU"
+                          f" per trial, at most {st.get('peak_running', 0)} at once,"
+                          f" start-up {st['ray_startup_s']:.1f} s")
     failed = [o for o in outcomes if o.status == "FAILED"]
     console.print(f"done in {time.perf_counter() - start:.1f} s: "
                   + ", ".join(f"{sum(o.status == s for o in outcomes)} {s.lower()}" for s in ("FINISHED", "SKIPPED", "FAILED")))

@@ -96,7 +96,8 @@ def test_a_failing_trial_is_marked_failed_with_its_reason(tiny_suite, tmp_path, 
 
 def test_untracked_run_skips_via_run_dir(tiny_suite, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    args = ["run", "--suite", str(tiny_suite), "--methods", "supervised", "--seeds", "0", "--no-track", "--device", "cpu", "--executor", "local"]
+    args = ["run", "--suite", str(tiny_suite), "--methods", "supervised", "--seeds", "0", "--no-track",
+            "--device", "cpu", "--executor", "local"]
     assert "1 finished" in invoke(*args).output
     assert "1 skipped" in invoke(*args).output
     assert not (tmp_path / "mlflow.db").exists()

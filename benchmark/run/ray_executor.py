@@ -216,6 +216,7 @@ def _board_callback(pending: list[Trial], on_outcome: Callable[[Outcome], None] 
             self.rows = {i: {"state": "PENDING", "step": 0, "loss": None, "val_dice": None, "node": "", "t0": None,
                              "t1": None} for i in range(len(self.hooks.pending))}
             self.outcomes: dict[int, Outcome] = {}
+            self.orphans: set[int] = set()       # trials that died without run_trial's own outcome
             self.running = 0
             self.hooks.stats["peak_running"] = 0
 
@@ -236,7 +237,8 @@ def _board_callback(pending: list[Trial], on_outcome: Callable[[Outcome], None] 
                     row[key] = result[key]
             if "outcome" in result and index not in self.outcomes:
                 summary = json.loads(result.get("summary") or "{}") or None
-                self._settle(index, Outcome(self.hooks.pending[index], result["outcome"], result.get("detail", ""), summary))
+                trial = self.hooks.pending[index]
+                self._settle(index, Outcome(trial, result["outcome"], result.get("detail", ""), summary))
 
         def on_trial_complete(self, iteration, trials, trial, **info) -> None:
             self._stop(trial)
@@ -245,6 +247,7 @@ def _board_callback(pending: list[Trial], on_outcome: Callable[[Outcome], None] 
             index, _ = self._row(trial)
             self._stop(trial)
             if index not in self.outcomes:
+                self.orphans.add(index)
                 self._settle(index, Outcome(self.hooks.pending[index], "FAILED", _error_text(trial)))
 
         def _stop(self, trial) -> None:
@@ -265,14 +268,18 @@ def _board_callback(pending: list[Trial], on_outcome: Callable[[Outcome], None] 
             colours = {"PENDING": "dim", "RUNNING": "cyan", "FINISHED": "green", "SKIPPED": "yellow", "FAILED": "red"}
             t = Table(title=f"Ray trials ({sum(r['state'] == 'RUNNING' for r in self.rows.values())} running)",
                       header_style="bold")
-            for col in ("trial", "hash", "state", "step", "loss", "val Dice", "node", "time"):
+            t.add_column("trial", no_wrap=True)
+            for col in ("hash", "state", "step", "loss", "val Dice", "node", "time"):
                 t.add_column(col)
             now = time.time()
             for i, row in self.rows.items():
+                trial = self.hooks.pending[i]
                 seconds = "" if row["t0"] is None else f"{(row['t1'] or now) - row['t0']:.0f}s"
-                t.add_row(self.hooks.pending[i].name, self.hooks.pending[i].config_hash[:8],
-                          f"[{colours[row['state']]}]{row['state']}[/]",
-                          f"{row['step']}/{self.hooks.pending[i].train.iterations}",
+                state = row["state"]
+                if state == "RUNNING" and row["step"] >= trial.train.iterations:
+                    state = "TESTING"
+                t.add_row(trial.name, trial.config_hash[:6], f"[{colours.get(state, 'cyan')}]{state}[/]",
+                          f"{row['step']}/{trial.train.iterations}",
                           "" if row["loss"] is None else f"{row['loss']:.4f}",
                           "" if row["val_dice"] is None else f"{row['val_dice']:.4f}",
                           str(row["node"])[:8], seconds)
@@ -419,9 +426,12 @@ def _run_pending(pending: list[Trial], work_dir: Path, tracker, data_root: str |
             tuner.fit()
         outcomes = []
         for index, trial in enumerate(pending):
-            outcome = board.outcomes.get(index) or Outcome(trial, "FAILED", "the Ray trial ended without an outcome")
-            if outcome.status == "FAILED" and outcome.detail.startswith("ray trial error") and tracker is not None:
-                # the trial's process died before run_trial could mark its run: do it here
+            outcome = board.outcomes.get(index)
+            if outcome is None:       # Ctrl-C, or Tune stopped before the trial reported
+                outcome = Outcome(trial, "FAILED", "interrupted before it finished; run the command again to resume")
+                board.orphans.add(index)
+            if index in board.orphans and tracker is not None:
+                # run_trial could not mark its run (its process died or was stopped): do it here
                 if writer is not None:
                     ray.get(writer.fail_unfinished.remote(trial.config_hash, outcome.detail))
                 else:
