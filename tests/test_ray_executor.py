@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -303,6 +304,8 @@ def test_two_node_cluster_with_a_tracking_server(tiny_card, tmp_path, monkeypatc
             f.close()
     time.sleep(1)
     assert not pids_mentioning(str(head_tmp)) and not pids_mentioning(str(worker_tmp)), "Ray processes left"
+    for folder in (head_tmp, worker_tmp):
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _alive_nodes(address: str, env: dict[str, str]) -> int:
