@@ -74,7 +74,14 @@ def run(
     data_root: Optional[Path] = typer.Option(None, help="folder holding real datasets (default: $BENCH_DATA_ROOT)"),
     tracking_uri: Optional[str] = typer.Option(None, help="MLflow URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)"),
     no_track: bool = typer.Option(False, "--no-track", help="do not log to MLflow (finished trials found via run dirs)"),
-    executor: str = typer.Option("local", help="where trials run: local (in this process)"),
+    executor: Optional[str] = typer.Option(None, help="where trials run: ray (Ray Tune trials; the default when ray "
+                                           "is installed) or local (one after another in this process)"),
+    cpus_per_trial: float = typer.Option(1.0, help="ray: CPUs reserved per trial (cover the DataLoader workers)"),
+    gpus_per_trial: Optional[float] = typer.Option(None, help="ray: GPU share per trial, fractional (default: 0.25 "
+                                                   "for 2D cards, 1 for 3D cards, 0 without GPUs)"),
+    max_concurrent: Optional[int] = typer.Option(None, help="ray: most trials at once (default: what resources allow)"),
+    ray_address: Optional[str] = typer.Option(None, envvar="RAY_ADDRESS", help="ray: an existing cluster "
+                                              "(default: $RAY_ADDRESS, else a local Ray)"),
     work_dir: Path = typer.Option(Path("bench_runs"), help="checkpoints and per-trial files"),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1 ..."),
     force: bool = typer.Option(False, "--force", help="retrain trials that already finished"),
@@ -83,10 +90,16 @@ def run(
     """Train and test every method x labeled setting x seed of a suite; finished trials are skipped."""
     from benchmark import catalog
     from benchmark.run.local import run_local
+    from benchmark.run.ray_executor import RaySettings, ray_available, run_ray
     from benchmark.run.trials import expand
 
-    if executor != "local":
-        _fail(f"unknown executor {executor!r}; valid executors: local")
+    executor = executor or ("ray" if ray_available() else "local")
+    if executor not in ("local", "ray"):
+        _fail(f"unknown executor {executor!r}; valid executors: local, ray")
+    if executor == "ray" and not ray_available():
+        _fail("--executor ray needs ray: pip install 'ray[tune]' (or use --executor local)")
+    if cpus_per_trial <= 0 or (gpus_per_trial is not None and gpus_per_trial < 0) or (max_concurrent or 1) < 1:
+        _fail("--cpus-per-trial must be > 0, --gpus-per-trial >= 0 and --max-concurrent >= 1")
     try:
         spec = catalog.get_suite(suite)
         trials = expand(spec, methods=_csv(methods), seeds=_csv(seeds, int), iterations=iterations,
@@ -112,12 +125,28 @@ def run(
         console.print(f"[{colour}]{o.status:8}[/] {o.trial.name} ({o.trial.config_hash}){summary} {o.detail}",
                       highlight=False)
 
-    outcomes = run_local(trials, work_dir.resolve(), tracker, data_root, device, progress=True,
-                         force=force, on_outcome=report, eval_workers=workers)
+    if executor == "local":
+        outcomes = run_local(trials, work_dir.resolve(), tracker, data_root, device, progress=True,
+                             force=force, on_outcome=report, eval_workers=workers)
+    else:
+        settings = RaySettings(cpus_per_trial, gpus_per_trial, max_concurrent, ray_address, live=console.is_terminal)
+        try:
+            outcomes = run_ray(trials, work_dir, None if tracker is None else tracker.uri, spec.name, data_root,
+                               device, force=force, on_outcome=report, eval_workers=workers, settings=settings,
+                               console=console)
+        except ConfigError as exc:
+            _fail(str(exc))
+        st = settings.stats
+        if "ray_startup_s" in st:
+            console.print(f"ray: {st['nodes']} node(s), {st['cpus_per_trial']:g} CPU + {st['gpus_per_trial']:g} GPU"
+                          f" per trial, at most {st.get('peak_running', 0)} at once,"
+                          f" start-up {st['ray_startup_s']:.1f} s")
     failed = [o for o in outcomes if o.status == "FAILED"]
     console.print(f"done in {time.perf_counter() - start:.1f} s: "
                   + ", ".join(f"{sum(o.status == s for o in outcomes)} {s.lower()}" for s in ("FINISHED", "SKIPPED", "FAILED")))
     if failed:
+        for o in failed:
+            err.print(f"[red]FAILED[/] {o.trial.name} ({o.trial.config_hash}): {o.detail}", highlight=False)
         raise typer.Exit(1)
 
 
@@ -322,6 +351,21 @@ def ui(port: int = typer.Option(5000, help="port on 127.0.0.1"),
     from benchmark.track import launch_ui
 
     raise typer.Exit(launch_ui(tracking_uri, port))
+
+
+@app.command()
+def server(
+    port: int = typer.Option(5000, help="port on 127.0.0.1"),
+    backend_store_uri: Optional[str] = typer.Option(None, help="database for runs (default: sqlite:///mlflow-server.db "
+                                                    "in the working directory; postgresql://... for many writers)"),
+    artifacts_destination: Path = typer.Option(Path("mlartifacts"), help="where the server stores artifacts"),
+    workers: int = typer.Option(2, help="server worker processes"),
+) -> None:
+    """Start an MLflow tracking server on 127.0.0.1 (DB backend + artifact root); runs log to it with
+    `bench run --tracking-uri http://127.0.0.1:PORT`."""
+    from benchmark.track import launch_server
+
+    raise typer.Exit(launch_server(port, backend_store_uri, artifacts_destination, workers))
 
 
 if __name__ == "__main__":
