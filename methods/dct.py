@@ -25,7 +25,8 @@ variant="paper" (the default; the paper's Sec. 3, with its CIFAR-10 weights, ada
 
 variant="ssl4mis" (preset `dct:ssl4mis`, what the table numbers were trained with):
 - ONE UNet. Labeled + unlabeled go through it; the unlabeled images also go through it rotated by
-  k * 90 degrees, k drawn uniformly from {0,1,2,3} once per step (note k=0: no second view at all).
+  k * 90 degrees, k drawn uniformly from {0,1,2,3} once per step (k=0: the same images again, so the two
+  passes differ only by their dropout masks).
 - Consistency: 0.5 * (mean((q.detach() - rot(p))^2) + mean((q - rot(p).detach())^2)), p/q the softmax of
   the plain/rotated pass: the value of an MSE, half of its gradient, split evenly between the two views.
 - loss = 0.5*(CE + Dice) + 0.1 * sigmoid_rampup(step // 150, 200) * consistency; SGD poly lr.
