@@ -7,24 +7,32 @@ import torch
 import torch.nn.functional as F
 
 
-def dice_loss(probs: torch.Tensor, target: torch.Tensor, eps: float = 1e-5,
-              mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Soft Dice of softmax `probs` (B,C,H,W) against integer `target` (B,H,W), mean over ALL classes
-    (background included): 1 - (2 sum(p t) + eps) / (sum(p^2) + sum(t^2) + eps), per class over the batch.
+def soft_dice_loss(probs: torch.Tensor, target_probs: torch.Tensor, eps: float = 1e-5,
+                   mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Dice between two (B,C,H,W) maps, mean over ALL classes (background included):
+    1 - (2 sum(p t) + eps) / (sum(p^2) + sum(t^2) + eps), per class over the batch. A soft target is allowed
+    (SS-Net's VAT distance `softDiceLoss`).
 
     `mask` ((B,H,W) or (H,W), 0/1 or weights) restricts every sum to the masked pixels (BCP's masked
     `DiceLoss(..., mask)`: each term multiplied by the mask before summing)."""
-    onehot = F.one_hot(target.long(), probs.shape[1]).permute(0, 3, 1, 2).to(probs.dtype)
     dims = (0, 2, 3)
-    if mask is None:
-        intersect = (probs * onehot).sum(dims)
-        denom = (probs * probs).sum(dims) + onehot.sum(dims)
-    else:
+    if mask is not None:
         m = mask.to(probs.dtype)
         m = m.unsqueeze(1) if m.dim() == 3 else m
-        intersect = (probs * onehot * m).sum(dims)
-        denom = (probs * probs * m).sum(dims) + (onehot * m).sum(dims)
+        intersect = (probs * target_probs * m).sum(dims)
+        denom = (probs * probs * m).sum(dims) + (target_probs * target_probs * m).sum(dims)
+    else:
+        intersect = (probs * target_probs).sum(dims)
+        denom = (probs * probs).sum(dims) + (target_probs * target_probs).sum(dims)
     return (1 - (2 * intersect + eps) / (denom + eps)).mean()
+
+
+def dice_loss(probs: torch.Tensor, target: torch.Tensor, eps: float = 1e-5,
+              mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Soft Dice of softmax `probs` (B,C,H,W) against integer `target` (B,H,W): `soft_dice_loss` against the
+    one-hot target (SSL4MIS `DiceLoss`), optionally restricted to `mask`."""
+    onehot = F.one_hot(target.long(), probs.shape[1]).permute(0, 3, 1, 2).to(probs.dtype)
+    return soft_dice_loss(probs, onehot, eps, mask)
 
 
 def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -345,7 +345,7 @@ class SemSim(Method):
         cfg, n, zero = self.cfg, labeled.image.shape[0], labeled.image.new_zeros(())
         need_feat = cfg.use_intra or cfg.use_cross
         weak = weak_view(unlabeled, cfg)
-        logits, feats = self.model.forward_features(torch.cat([labeled.image, weak]))
+        logits, feats = self.model.forward_with_encoder_features(torch.cat([labeled.image, weak]))
         sup = dice_ce_loss(logits[:n], labeled.label)
         logits_w = logits[n:].detach()
         pseudo_w, mask_w = confidence_mask(logits_w.float().softmax(1), cfg.tau)

@@ -195,3 +195,13 @@ def test_runs_of_swin_methods_are_tagged_with_their_pretrained_weights(tmp_path)
     path.write_text(yaml.safe_dump({"name": "s", "dataset": "synthetic-acdc", "labeled": [3], "seeds": [0],
                                     "methods": ["ctct"], "method_config": {"ctct": {"pretrained": "/w/swin_tiny.pth"}}}))
     assert tags_of(expand(load_suite(path))[0], "cpu")["pretrained"] == "swin_tiny.pth"
+
+
+def test_all_inside_a_method_list_expands_to_every_registered_method(tmp_path):
+    from benchmark.run.trials import expand
+
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"name": "s", "dataset": "synthetic-acdc", "labeled": [3], "seeds": [0],
+                                    "methods": ["all", "dct:ssl4mis", "cps"]}))
+    names = [t.method for t in expand(load_suite(path))]
+    assert names == [*catalog.methods().names(), "dct:ssl4mis"]   # cps once, in registry order

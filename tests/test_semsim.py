@@ -135,10 +135,10 @@ def test_sfm_preserves_shapes_and_reports_its_parameters(capsys):
     small = [torch.randn(1, 32, 16, 16), torch.randn(1, 64, 8, 8), torch.randn(1, 128, 4, 4)]
     assert sfm(small).shape == (1, 128, 8, 8) and plain(small).shape == (1, 128, 8, 8)
     unet = UNet2D(1, 4)
-    assert n_params(unet) == UNET_PARAMS               # forward_features added no parameters
+    assert n_params(unet) == UNET_PARAMS               # forward_with_encoder_features added no parameters
     x = torch.randn(1, 1, 32, 32)
     unet.eval()
-    logits, enc = unet.forward_features(x)
+    logits, enc = unet.forward_with_encoder_features(x)
     torch.testing.assert_close(logits, unet(x))
     assert [f.shape[1] for f in enc] == [16, 32, 64, 128, 256]
     with capsys.disabled():

@@ -76,11 +76,15 @@ class Decoder(nn.Module):
         self.ups = nn.ModuleList(UpBlock(c[i + 1], c[i], c[i]) for i in reversed(range(len(c) - 1)))
         self.head = nn.Conv2d(c[0], num_classes, 3, padding=1)
 
-    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+    def last_features(self, features: list[torch.Tensor]) -> torch.Tensor:
+        """The finest decoder feature map (B, 16, H, W), the input of the output conv."""
         x = features[-1]
         for up, skip in zip(self.ups, reversed(features[:-1])):
             x = up(x, skip)
-        return self.head(x)
+        return x
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        return self.head(self.last_features(features))
 
 
 class UNet2D(nn.Module):
@@ -94,7 +98,12 @@ class UNet2D(nn.Module):
     def forward(self, x: torch.Tensor, after_first: FeatureHook | None = None) -> torch.Tensor:
         return self.decoder(self.encoder(x, after_first))
 
-    def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def forward_with_encoder_features(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """(logits, the encoder's five feature maps, finest first) from one pass; no extra parameters."""
         features = self.encoder(x)
         return self.decoder(features), features
+
+    def forward_with_decoder_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, last decoder features (B, 16, H, W)): the pixel embeddings SS-Net's prototypes use."""
+        features = self.decoder.last_features(self.encoder(x))
+        return self.decoder.head(features), features
