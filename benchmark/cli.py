@@ -168,8 +168,8 @@ def table(
                                          "(ls leaderboards/): our runs beside the paper's numbers"),
     show: Show = typer.Option(Show.both, help="with --layout: the paper's value beside ours (reported), the "
                               "difference ours - paper (delta), or both"),
-    stand_in: bool = typer.Option(False, "--stand-in", help="with --layout: let synthetic-acdc runs fill ACDC cells "
-                                  "(said in the caption; for demos)"),
+    stand_in: Optional[str] = typer.Option(None, "--stand-in", help="with --layout: let the suite's runs fill this "
+                                           "paper dataset's cells, e.g. acdc for synthetic demos (said in a footnote)"),
     significance: bool = typer.Option(True, "--significance/--no-significance", help="with --layout: Wilcoxon "
                                       "signed-rank per-case test of each cell against the best other row we ran"),
     baseline: Optional[str] = typer.Option(None, help="with --layout: test against this method instead"),
@@ -215,6 +215,9 @@ def _layout_table(suite, layout, fmt, show, out, checkpoint, stand_in, significa
         lb = lbm.load(layout)
     except ConfigError as exc:
         _fail(str(exc))
+    datasets = sorted({s.dataset for s in lb.settings})
+    if stand_in is not None and stand_in not in datasets:
+        _fail(f"--stand-in {stand_in!r} is not a dataset of {lb.id}; valid: {', '.join(datasets)}")
     runs, cases, hd_units, note = None, None, "voxel", ""
     if suite is not None:
         spec, card, protocol, frame, _ = _suite_frame(suite, checkpoint, tracking_uri)
@@ -248,7 +251,8 @@ def plot(
                                          "sensitivity), e.g. semsim-table1 or advmim-table3"),
     param: Optional[str] = typer.Option(None, help="sensitivity: the swept method parameter (default: the layout's)"),
     study: Optional[str] = typer.Option(None, help="sensitivity: runs tagged study=NAME (default: all runs)"),
-    stand_in: bool = typer.Option(False, "--stand-in", help="compare synthetic-acdc runs with ACDC published values"),
+    stand_in: Optional[str] = typer.Option(None, "--stand-in", help="compare the suite's runs with this paper "
+                                           "dataset's published values, e.g. acdc (synthetic demos)"),
     log_mlflow: bool = typer.Option(True, "--log/--no-log", help="also log the files to MLflow ('<suite>/figures')"),
     tracking_uri: Optional[str] = typer.Option(None, help="MLflow URI (default as for run)"),
 ) -> None:
@@ -266,7 +270,7 @@ def plot(
             lb = lbm.load(layout)
         except ConfigError as exc:
             _fail(str(exc))
-    dataset = lbm.STAND_INS.get(card.name, card.name) if stand_in else card.name
+    dataset = stand_in or card.name
     try:
         if kind is PlotKind.dice_vs_labeled:
             fig = figures.dice_vs_labeled(runs, None if lb is None else figures.published_curve(lb, dataset),

@@ -107,9 +107,9 @@ def test_synthetic_runs_fill_acdc_cells_only_as_a_declared_stand_in():
     lb = lbm.load("advmim-table2")
     runs = fake_runs({"advmim": [(0.8, 2.0)]}, dataset="synthetic-acdc")
     assert lbm.build_grid(lb, runs).rows[-1].cells[0].n == 0
-    grid = lbm.build_grid(lb, runs, stand_in=True)
+    grid = lbm.build_grid(lb, runs, stand_in="acdc")
     assert grid.rows[-1].cells[0].n == 1
-    assert any("synthetic stand-in" in n for n in grid.footnotes)
+    assert any("synthetic-acdc standing in for acdc" in n for n in grid.footnotes)
 
 
 def test_caption_and_footnotes_state_the_protocol():

@@ -30,8 +30,6 @@ ORIENTATIONS = ("columns", "rows", "sweep")
 SHOW = ("reported", "delta", "both")
 OUR_METRICS = ("dice", "jaccard", "hd95", "asd")   # the keys our runs log (benchmark.metrics.METRICS)
 FRACTION_METRICS = {"dice", "jaccard"}              # ours are fractions in [0, 1]
-# Our synthetic stand-ins may fill a paper's setting only when asked (`stand_in=True`), and the caption says so.
-STAND_INS = {"synthetic-acdc": "acdc"}
 
 
 # ------------------------------------------------------------------------------------------ data model
@@ -227,11 +225,12 @@ def _same(a: Any, b: Any) -> bool:
         return str(a) == str(b)
 
 
-def select_runs(runs: pd.DataFrame, row: Row, setting: Setting, stand_in: bool = False) -> pd.DataFrame:
-    """Our runs that fill (row, setting): same method, same config values, same dataset and labeled count."""
+def select_runs(runs: pd.DataFrame, row: Row, setting: Setting, stand_in: str | None = None) -> pd.DataFrame:
+    """Our runs that fill (row, setting): same method, same config values, same dataset and labeled count.
+    `stand_in`: a paper dataset name (e.g. 'acdc') that all our runs stand in for (synthetic demos)."""
     if row.method is None or runs.empty or setting.count is None:
         return runs.iloc[0:0]
-    dataset = runs["dataset"].map(lambda d: STAND_INS.get(d, d) if stand_in else d)
+    dataset = runs["dataset"] if not stand_in else pd.Series(stand_in, index=runs.index)
     keep = (runs["method"] == row.method) & (dataset == setting.dataset) & (runs["labeled"] == int(setting.count))
     for k, v in row.config.items():
         col = f"cfg.{k}"
@@ -329,7 +328,7 @@ def _rank(cells: list[Cell]) -> None:
 
 
 def build_grid(lb: Leaderboard, runs: pd.DataFrame | None = None, our_hd_units: str = "voxel",
-               stand_in: bool = False, cases: pd.DataFrame | None = None, baseline: str | None = None,
+               stand_in: str | None = None, cases: pd.DataFrame | None = None, baseline: str | None = None,
                alpha: float = 0.05, cost: bool = False, ours_note: str = "") -> Grid:
     """The table of `lb` in the paper's shape, cells filled with our runs where they exist.
 
@@ -420,7 +419,7 @@ def _transpose(grid: Grid) -> Grid:
                 grid.caption, grid.footnotes, stub=label)
 
 
-def describe(lb: Leaderboard, our_hd_units: str, runs: pd.DataFrame, stand_in: bool, ours_note: str,
+def describe(lb: Leaderboard, our_hd_units: str, runs: pd.DataFrame, stand_in: str | None, ours_note: str,
              any_ours: bool) -> tuple[str, list[str]]:
     """Caption (the paper's, plus what ours are) and footnotes (the paper's protocol, units, markers)."""
     cap = f"{lb.paper} Table {lb.table}: {lb.caption or lb.title}"
@@ -440,8 +439,8 @@ def describe(lb: Leaderboard, our_hd_units: str, runs: pd.DataFrame, stand_in: b
     if unmapped:
         notes.append(f"Not implemented in this harness: {', '.join(unmapped)}.")
     if stand_in:
-        notes.append("Ours come from a synthetic stand-in dataset (" +
-                     ", ".join(f"{k} for {v}" for k, v in STAND_INS.items()) + "): not comparable in value.")
+        ours = ", ".join(sorted(set(runs["dataset"]))) if "dataset" in runs and len(runs) else "our dataset"
+        notes.append(f"Ours come from {ours} standing in for {stand_in} (--stand-in): not comparable in value.")
     for s in lb.settings:
         if s.note:
             notes.append(f"{s.name}: {s.note}")
