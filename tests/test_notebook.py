@@ -46,7 +46,7 @@ def test_table_layout_fills_the_papers_shape_from_the_store(store):
     assert "(n=2)" in cells[3] and "paper 0.560" in cells[3]       # 3 patients
     assert cells[5] == "*0.797*"                                   # 7 patients: not run, published only
     assert "steps/s" in out.output and "standing in for acdc" in out.output
-    tex = runner.invoke(app, ["table", "--suite", str(suite), "--layout", "advmim-table2", "--stand-in", "acdc",
+    tex = runner.invoke(app, ["table", "--suite", str(suite), "--layout", "semsim-table1", "--stand-in", "acdc",
                               "--format", "latex", "--show", "delta", "--tracking-uri", uri])
     assert tex.exit_code == 0 and r"\begin{tabular}" in tex.output and r"$\Delta$" in tex.output
     bad = runner.invoke(app, ["table", "--suite", str(suite), "--layout", "advmim-table2", "--stand-in", "la",
