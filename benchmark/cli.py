@@ -208,6 +208,8 @@ def _emit(text: str, out: Optional[Path]) -> None:
 
 def _layout_table(suite, layout, fmt, show, out, checkpoint, stand_in, significance, baseline, cost,
                   tracking_uri) -> None:
+    import pandas as pd
+
     from benchmark.report import leaderboard as lbm
     from benchmark.report.stats import case_table
 
@@ -220,7 +222,13 @@ def _layout_table(suite, layout, fmt, show, out, checkpoint, stand_in, significa
         _fail(f"--stand-in {stand_in!r} is not a dataset of {lb.id}; valid: {', '.join(datasets)}")
     runs, cases, hd_units, note = None, None, "voxel", ""
     if suite is not None:
-        spec, card, protocol, frame, _ = _suite_frame(suite, checkpoint, tracking_uri)
+        spec, card, protocol, frame, tracker = _suite_frame(suite, checkpoint, tracking_uri)
+        if any(r.config for r in lb.rows):   # sweep rows: `bench tune` trials count too (experiment <suite>/tune)
+            tuned = tracker.companion_frame("tune")
+            if "tags.scoring_hash" in tuned:
+                tuned = tuned[tuned["tags.scoring_hash"] == protocol.scoring_hash]
+            if "tags.method" in tuned:
+                frame = pd.concat([frame, tuned[tuned["tags.method"].notna()]], ignore_index=True)
         runs = lbm.runs_to_layout_frame(frame, protocol.checkpoint)
         hd_units = protocol.hd_units
         note = f"suite {spec.name} on {card.name}, protocol: {protocol.describe()}"
@@ -250,7 +258,8 @@ def plot(
     layout: Optional[str] = typer.Option(None, help="overlay this leaderboard's published values (dice-vs-labeled, "
                                          "sensitivity), e.g. semsim-table1 or advmim-table3"),
     param: Optional[str] = typer.Option(None, help="sensitivity: the swept method parameter (default: the layout's)"),
-    study: Optional[str] = typer.Option(None, help="sensitivity: runs tagged study=NAME (default: all runs)"),
+    study: Optional[str] = typer.Option(None, help="sensitivity: a `bench tune` study (experiment <suite>/tune); "
+                                        "default: the suite's runs that log --param"),
     stand_in: Optional[str] = typer.Option(None, "--stand-in", help="compare the suite's runs with this paper "
                                            "dataset's published values, e.g. acdc (synthetic demos)"),
     log_mlflow: bool = typer.Option(True, "--log/--no-log", help="also log the files to MLflow ('<suite>/figures')"),
@@ -284,16 +293,16 @@ def plot(
             name = param or (lb.sweep.get("param") if lb is not None else None)
             if not name:
                 _fail("sensitivity needs --param NAME or a sweep --layout (advmim-table3, advmim-table4)")
-            trials = runs
-            if study:
-                tagged = frame.get("tags.study", None)
-                keep = (tagged == study).to_numpy() if tagged is not None else [False] * len(frame)
-                trials = runs[keep]
-            col = f"cfg.{name}"
-            if col not in trials or trials[col].isna().all():
-                _fail(f"no run of suite {spec.name!r}{' in study ' + study if study else ''} logs the parameter "
-                      f"{name!r} (params.method.{name})", 1)
-            trials = trials.dropna(subset=[col]).rename(columns={col: name})
+            if study:   # a `bench tune` study: experiment '<suite>/tune', runs tagged tune.study
+                trials = figures.study_trials(tracker.companion_frame("tune"), study, name, protocol.checkpoint)
+                if trials.empty:
+                    _fail(f"no finished trial of study {study!r} in experiment {spec.name}/tune varies {name!r}", 1)
+            else:       # runs of the suite that log the parameter (params.method.<name>)
+                col = f"cfg.{name}"
+                if col not in runs or runs[col].isna().all():
+                    _fail(f"no run of suite {spec.name!r} logs the parameter {name!r} (params.method.{name}); "
+                          f"give --study NAME for a bench tune study", 1)
+                trials = runs.dropna(subset=[col]).rename(columns={col: name})
             pub = figures.published_sweep(lb) if lb is not None and lb.sweep.get("param") == name else None
             fig = figures.sensitivity(trials, name, published=pub, log=bool(lb is not None and lb.sweep.get("log")))
     except ValueError as exc:

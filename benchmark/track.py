@@ -115,6 +115,16 @@ class Tracker:
         return mlflow.search_runs(experiment_ids=[self.experiment_id], filter_string="attributes.status = 'FINISHED'")
 
 
+    def companion_frame(self, suffix: str) -> pd.DataFrame:
+        """FINISHED runs of the companion experiment '<suite>/<suffix>' (e.g. 'tune'); empty when it does not exist."""
+        import mlflow
+
+        exp = self.client.get_experiment_by_name(f"{self.experiment}/{suffix}")
+        if exp is None:
+            return pd.DataFrame()
+        mlflow.set_tracking_uri(self.uri)
+        return mlflow.search_runs(experiment_ids=[exp.experiment_id], filter_string="attributes.status = 'FINISHED'")
+
     def metric_history(self, run_ids: list[str], key: str) -> pd.DataFrame:
         """run_id, step, value of metric `key` (e.g. 'val/dice') over each run's training."""
         rows = [{"run_id": rid, "step": m.step, "value": m.value}

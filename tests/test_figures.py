@@ -63,3 +63,14 @@ def test_missing_columns_and_empty_frames_are_named():
         figures.seed_spread(pd.DataFrame({"method": ["a"]}))
     with pytest.raises(ValueError, match="no data"):
         figures.dice_vs_labeled(runs().iloc[0:0])
+
+
+def test_study_trials_read_the_tune_tags():
+    import json
+
+    frame = pd.DataFrame({"tags.tune.study": ["s1", "s1", "s2", "s1"], "tags.method": "advmim",
+                          "tags.tune.values": [json.dumps({"mask_ratio": v}) for v in (0.1, 0.5, 0.9, 0.7)],
+                          "metrics.test/best_val/dice": [0.80, 0.85, 0.5, float("nan")]})
+    trials = figures.study_trials(frame, "s1", "mask_ratio", "best_val")
+    assert list(trials["mask_ratio"]) == [0.1, 0.5] and list(trials["dice"]) == [0.80, 0.85]
+    assert figures.study_trials(pd.DataFrame(), "s1", "mask_ratio", "best_val").empty

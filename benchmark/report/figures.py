@@ -118,6 +118,21 @@ def sensitivity(trials: pd.DataFrame, param: str, metric: str = "dice", publishe
     return fig
 
 
+def study_trials(frame: pd.DataFrame, study: str, param: str, checkpoint: str) -> pd.DataFrame:
+    """Trials of a `bench tune` study (MLflow runs tagged `tune.study`, sampled values in the JSON tag
+    `tune.values`) as method, <param>, dice (test Dice of `checkpoint`, fraction)."""
+    import json
+
+    if frame.empty or "tags.tune.study" not in frame:
+        return pd.DataFrame(columns=["method", param, "dice"])
+    part = frame[frame["tags.tune.study"] == study]
+    values = part.get("tags.tune.values", pd.Series("{}", index=part.index)).fillna("{}").map(json.loads)
+    out = pd.DataFrame({"method": part.get("tags.method", pd.Series("", index=part.index)),
+                        param: values.map(lambda v: v.get(param)),
+                        "dice": part.get(f"metrics.test/{checkpoint}/dice", pd.Series(float("nan"), index=part.index))})
+    return out.dropna(subset=[param, "dice"]).reset_index(drop=True)
+
+
 def save(fig: plt.Figure, out_dir: Path, name: str, formats: Sequence[str] = ("png", "pdf")) -> list[Path]:
     """Write `fig` as out_dir/name.<fmt> for each format; returns the paths."""
     out_dir = Path(out_dir)
