@@ -288,6 +288,7 @@ class GridRow:
     cells: list[Cell]
     extra: list[str] = field(default_factory=list)
     section: str = ""
+    runs: pd.DataFrame | None = None     # our runs behind the row (for the cost columns)
 
 
 @dataclass
@@ -317,9 +318,6 @@ def _fill(cell: Cell, runs: pd.DataFrame, our_hd_units: str) -> None:
 def _rank(cells: list[Cell]) -> None:
     """1 = best, 2 = second, by the shown value in the metric's direction; ties share the better rank."""
     shown = [c.shown for c in cells]
-    vals = sorted({v for v in shown if v is not None}, reverse=bool(cells and cells[0].metric.higher_is_better))
-    if not cells or not vals:
-        return
     for c in cells:
         if c.shown is not None:
             better = sum(1 for v in shown if v is not None and
@@ -353,9 +351,7 @@ def build_grid(lb: Leaderboard, runs: pd.DataFrame | None = None, our_hd_units: 
                     _fill(cell, sel, our_hd_units)
                     cells.append(cell)
             extra = [_fmt_plain(r.extra.get(k)) for k in lb.extra_columns]
-            gr = GridRow(r.name, r, cells, extra)
-            gr.runs = pd.concat(matched) if matched else runs.iloc[0:0]  # type: ignore[attr-defined]
-            out_rows.append(gr)
+            out_rows.append(GridRow(r.name, r, cells, extra, runs=pd.concat(matched)))
         for j in range(len(columns)):
             _rank([gr.cells[j] for gr in out_rows])
     else:  # rows: a block per setting
@@ -377,9 +373,7 @@ def build_grid(lb: Leaderboard, runs: pd.DataFrame | None = None, our_hd_units: 
                     if i is not None:
                         _fill(cell, sel, our_hd_units)
                     cells.append(cell)
-                gr = GridRow(r.name, r, cells, section=s.name)
-                gr.runs = sel  # type: ignore[attr-defined]
-                block.append(gr)
+                block.append(GridRow(r.name, r, cells, section=s.name, runs=sel))
             for j in range(len(columns)):
                 _rank([gr.cells[j] for gr in block])
             out_rows += block

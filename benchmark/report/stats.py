@@ -6,7 +6,6 @@ other row of its column that we ran (by our mean, in the metric's direction), or
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Sequence
 
@@ -83,28 +82,19 @@ def _hours_label(devices: pd.Series) -> str:
     return f"{kinds.pop()}-h" if len(kinds) == 1 else "h"
 
 
+COST_FIELDS = (("steps/s", "steps_per_second", lambda s: f"{s.mean():.2f}"),
+               ("hours", "wall_s", lambda s: f"{s.sum() / 3600:.3f}"),
+               ("params (M)", "params_m", lambda s: f"{s.mean():.2f}"))
+
+
 def cost_columns(rows: list) -> tuple[list[str], list[list[str]]]:
-    """Cost of our runs per table row: steps/s (mean), hours (sum of wall time over the row's runs) and
-    parameters (M), where the runs logged them; no column for a field no run has."""
-    frames = [getattr(gr, "runs", pd.DataFrame()) for gr in rows]
+    """Cost of our runs per table row: steps/s (mean), hours (wall time summed over the row's runs, labelled
+    CPU-h or GPU-h by the runs' device) and parameters (M); a column only for a field some run logged."""
+    frames = [gr.runs if gr.runs is not None else pd.DataFrame() for gr in rows]
     have = pd.concat([f for f in frames if not f.empty]) if any(not f.empty for f in frames) else pd.DataFrame()
-    names, fields = [], []
-    if "steps_per_second" in have and have["steps_per_second"].notna().any():
-        names.append("steps/s")
-        fields.append(lambda f: f"{f['steps_per_second'].mean():.2f}")
-    if "wall_s" in have and have["wall_s"].notna().any():
-        names.append(f"cost ({_hours_label(have.get('device', pd.Series(dtype=str)))})")
-        fields.append(lambda f: f"{f['wall_s'].sum() / 3600:.3f}")
-    if "params_m" in have and have["params_m"].notna().any():
-        names.append("params (M)")
-        fields.append(lambda f: f"{f['params_m'].mean():.2f}")
-    values = []
-    for f in frames:
-        values.append([fn(f) if not f.empty and not math.isnan(_first(f, name)) else "" for fn, name in
-                       zip(fields, names)])
+    fields = [(name, col, fmt) for name, col, fmt in COST_FIELDS if col in have and have[col].notna().any()]
+    names = [f"cost ({_hours_label(have.get('device', pd.Series(dtype=str)))})" if col == "wall_s" else name
+             for name, col, _ in fields]
+    values = [[fmt(f[col].dropna()) if col in f and f[col].notna().any() else "" for _, col, fmt in fields]
+              for f in frames]
     return names, values
-
-
-def _first(f: pd.DataFrame, name: str) -> float:
-    col = {"steps/s": "steps_per_second", "params (M)": "params_m"}.get(name, "wall_s")
-    return float(f[col].mean()) if col in f else math.nan
