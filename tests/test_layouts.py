@@ -95,7 +95,7 @@ def test_sweep_layout_puts_values_in_columns_and_matches_runs_by_config():
     runs = pd.concat([fake_runs({"advmim": [(0.86, 1.5)]}, **{"cfg.mask_ratio": "0.5"}),
                       fake_runs({"advmim": [(0.70, 9.0)]}, **{"cfg.mask_ratio": "0.9"})])
     grid = lbm.build_grid(lb, runs)
-    assert grid.columns == ["0.1", "0.3", "0.5", "0.7", "0.9"]
+    assert grid.columns == ["0.1", "0.3", "0.5", "0.7 (default)", "0.9"]
     assert [r.label for r in grid.rows] == ["Dice", "HD"]
     dice = grid.rows[0].cells
     assert dice[2].mean == pytest.approx(86.0) and dice[2].rank == 1 and dice[3].rank == 2 and dice[0].n == 0

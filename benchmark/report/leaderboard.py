@@ -351,7 +351,8 @@ def build_grid(lb: Leaderboard, runs: pd.DataFrame | None = None, our_hd_units: 
                     _fill(cell, sel, our_hd_units)
                     cells.append(cell)
             extra = [_fmt_plain(r.extra.get(k)) for k in lb.extra_columns]
-            out_rows.append(GridRow(r.name, r, cells, extra, runs=pd.concat(matched)))
+            label = f"{r.name} (default)" if r.default else r.name
+            out_rows.append(GridRow(label, r, cells, extra, runs=pd.concat(matched)))
         for j in range(len(columns)):
             _rank([gr.cells[j] for gr in out_rows])
     else:  # rows: a block per setting
