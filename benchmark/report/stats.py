@@ -82,7 +82,7 @@ def _hours_label(devices: pd.Series) -> str:
     return f"{kinds.pop()}-h" if len(kinds) == 1 else "h"
 
 
-COST_FIELDS = (("steps/s", "steps_per_second", lambda s: f"{s.mean():.2f}"),
+COST_FIELDS = (("steps/s", "steps_per_second", lambda s: f"{s.mean():.3g}"),
                ("hours", "wall_s", lambda s: f"{s.sum() / 3600:.3f}"),
                ("params (M)", "params_m", lambda s: f"{s.mean():.2f}"))
 
