@@ -327,8 +327,11 @@ def _rank(cells: list[Cell]) -> None:
 
 def build_grid(lb: Leaderboard, runs: pd.DataFrame | None = None, our_hd_units: str = "voxel",
                stand_in: str | None = None, cases: pd.DataFrame | None = None, baseline: str | None = None,
-               alpha: float = 0.05, cost: bool = False, ours_note: str = "") -> Grid:
+               alpha: float = 0.05, cost: bool = False, ours_note: str = "",
+               implemented: set[str] | None = None) -> Grid:
     """The table of `lb` in the paper's shape, cells filled with our runs where they exist.
+
+    `implemented`: registered method names (default: the registry), for the "not implemented" footnote.
 
     `cases`: per-case test metrics of the runs (see `stats.case_table`); with it, each of our cells gets a
     Wilcoxon signed-rank marker against the best other row of its column (or `baseline`)."""
@@ -390,8 +393,12 @@ def build_grid(lb: Leaderboard, runs: pd.DataFrame | None = None, our_hd_units: 
         extra_columns += names
         for gr, values in zip(out_rows, per_row):
             gr.extra = [*gr.extra, *values]
-    caption, notes = describe(lb, our_hd_units, runs, stand_in, ours_note, any(gr.cells and any(c.n for c in gr.cells)
-                                                                               for gr in out_rows))
+    if implemented is None:
+        from benchmark import catalog
+
+        implemented = set(catalog.methods().names())
+    caption, notes = describe(lb, our_hd_units, runs, stand_in, ours_note,
+                              any(c.n for gr in out_rows for c in gr.cells), implemented)
     if cases is not None:
         notes.append(f"* / †: our mean differs from the reference row (the best other row we ran in that column"
                      f"{'' if baseline is None else ', or ' + baseline}) by a two-sided Wilcoxon signed-rank test "
@@ -415,7 +422,7 @@ def _transpose(grid: Grid) -> Grid:
 
 
 def describe(lb: Leaderboard, our_hd_units: str, runs: pd.DataFrame, stand_in: str | None, ours_note: str,
-             any_ours: bool) -> tuple[str, list[str]]:
+             any_ours: bool, implemented: set[str]) -> tuple[str, list[str]]:
     """Caption (the paper's, plus what ours are) and footnotes (the paper's protocol, units, markers)."""
     cap = f"{lb.paper} Table {lb.table}: {lb.caption or lb.title}"
     if any_ours:
@@ -430,9 +437,9 @@ def describe(lb: Leaderboard, our_hd_units: str, runs: pd.DataFrame, stand_in: s
                  "bold best / underlined second per column, by the shown value, Dice/Jaccard up, distances down.")
     if lb.missing:
         notes.append(f"'-' in the paper: {lb.missing}")
-    unmapped = [r.name for r in lb.rows if r.method is None]
-    if unmapped:
-        notes.append(f"Not implemented in this harness: {', '.join(unmapped)}.")
+    missing = [r.name for r in lb.rows if r.method is None or r.method.split(":")[0] not in implemented]
+    if missing:
+        notes.append(f"Not implemented in this harness (yet): {', '.join(missing)}.")
     if stand_in:
         ours = ", ".join(sorted(set(runs["dataset"]))) if "dataset" in runs and len(runs) else "our dataset"
         notes.append(f"Ours come from {ours} standing in for {stand_in} (--stand-in): not comparable in value.")
