@@ -406,33 +406,12 @@ def _resume_optuna(storage, study_name: str) -> tuple[int, int, list[dict[str, A
     return done, len(trials), redo
 
 
-def ray_env(tracking_uri: str) -> dict[str, str]:
-    """Environment of the Ray workers: this checkout first on the path, absolute tracking URI and caches."""
-    from benchmark import REPO_ROOT
-
-    env = {"PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p),
-           "MLFLOW_TRACKING_URI": tracking_uri, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    for key in ("BENCH_CACHE_DIR", "BENCH_DATA_ROOT", "BENCH_REPO_ROOT"):
-        if os.environ.get(key):
-            env[key] = os.environ[key]
-    return env
-
-
 def start_ray(tracking_uri: str, num_cpus: int | None = None, address: str | None = None) -> bool:
-    """ray.init (local unless an address or RAY_ADDRESS is given); False if Ray was already running here."""
-    import ray
+    """The executor's Ray start-up with the trials' environment; False if Ray was already running here."""
+    from benchmark.run.ray_executor import start_ray as start, trial_env
 
-    if ray.is_initialized():
-        return False
     os.environ["MLFLOW_TRACKING_URI"] = tracking_uri   # before ray.init: workers inherit it (HARNESS-NOTES B3)
-    address = address or os.environ.get("RAY_ADDRESS")
-    kwargs: dict[str, Any] = {"runtime_env": {"env_vars": ray_env(tracking_uri)}, "log_to_driver": False,
-                              "include_dashboard": False}
-    if address:
-        ray.init(address=address, **kwargs)
-    else:
-        ray.init(num_cpus=num_cpus, **kwargs)
-    return True
+    return start(address, trial_env(tracking_uri, int(os.environ.get("OMP_NUM_THREADS", "1"))), num_cpus)[0]
 
 
 def make_scheduler(pruner: str, iterations: int, grace_period: int):

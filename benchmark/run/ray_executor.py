@@ -298,8 +298,9 @@ def _error_text(trial) -> str:
 
 
 # ------------------------------------------------------------------------------------------ driver
-def _start_ray(address: str | None, env: dict[str, str]) -> tuple[bool, float]:
-    """Connect to `address` / $RAY_ADDRESS, or start a local Ray; returns (started here, seconds)."""
+def start_ray(address: str | None, env: dict[str, str], num_cpus: int | None = None) -> tuple[bool, float]:
+    """Connect to `address` / $RAY_ADDRESS, or start a local Ray (with `num_cpus` if given); returns (started
+    here, seconds). The one `ray.init` of the harness (`bench run` and `bench tune`)."""
     import ray
 
     if ray.is_initialized():
@@ -307,16 +308,19 @@ def _start_ray(address: str | None, env: dict[str, str]) -> tuple[bool, float]:
     t0 = time.perf_counter()
     kwargs: dict[str, Any] = {"runtime_env": {"env_vars": env}, "include_dashboard": False,
                               "logging_level": "WARNING", "log_to_driver": False}
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address is None and num_cpus is not None:
+        kwargs["num_cpus"] = num_cpus
     # "local", not None: a bare ray.init() would join any cluster `ray start` left running on this machine
-    ray.init(address=address or os.environ.get("RAY_ADDRESS") or "local", **kwargs)
+    ray.init(address=address or "local", **kwargs)
     return True, time.perf_counter() - t0
 
 
-def _trial_env(tracking_uri: str | None, threads: int) -> dict[str, str]:
+def trial_env(tracking_uri: str | None, threads: int) -> dict[str, str]:
     """Environment of every trial process (also on other nodes, where the driver's environment is unknown)."""
     paths = [str(REPO_ROOT), *[p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]]
     env = {"PYTHONPATH": os.pathsep.join(dict.fromkeys(paths)), "OMP_NUM_THREADS": str(threads)}
-    for name in ("BENCH_CACHE_DIR", "BENCH_DATA_ROOT"):
+    for name in ("BENCH_CACHE_DIR", "BENCH_DATA_ROOT", "BENCH_REPO_ROOT"):
         if os.environ.get(name):
             env[name] = os.environ[name]
     if tracking_uri:
@@ -385,9 +389,9 @@ def _run_pending(pending: list[Trial], work_dir: Path, tracker, data_root: str |
 
     threads = max(1, int(settings.cpus_per_trial))
     uri = tracker.uri if tracker is not None else None
-    env = _trial_env(uri, threads)
+    env = trial_env(uri, threads)
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")    # with verbose=0: Tune prints nothing, our table does
-    started, startup = _start_ray(settings.address, env)
+    started, startup = start_ray(settings.address, env)
     settings.stats["ray_startup_s"] = startup
     writer = None
     try:
