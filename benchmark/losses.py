@@ -38,3 +38,13 @@ def entropy_map(probs: torch.Tensor, normalise: bool = False, eps: float = 1e-6)
     probs = probs.float()
     ent = -(probs * torch.log(probs + eps)).sum(1)
     return ent / math.log(probs.shape[1]) if normalise else ent
+
+
+def dice_loss_per_sample(probs: torch.Tensor, target: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """Soft Dice with sums per sample and a linear denominator (BCP / CML `mask_DiceLoss`, no weight mask):
+    1 - mean over samples and ALL classes (background included) of (2 sum(p t) + eps) / (sum p + sum t + eps)."""
+    onehot = F.one_hot(target.long(), probs.shape[1]).permute(0, 3, 1, 2).to(probs.dtype)
+    dims = (2, 3)
+    intersect = (probs * onehot).sum(dims)
+    denom = probs.sum(dims) + onehot.sum(dims)
+    return 1 - ((2 * intersect + eps) / (denom + eps)).mean()
