@@ -172,10 +172,11 @@ class CML(Method):
         labels = logits.detach().argmax(1)
         return clean_pseudo_labels(labels, self.ctx.num_classes) if self.cfg.largest_component else labels
 
-    def branch_losses(self, x: torch.Tensor, targets: tuple[torch.Tensor, torch.Tensor] | None
+    def branch_losses(self, outputs: tuple[torch.Tensor, ...], targets: tuple[torch.Tensor, torch.Tensor] | None
                       ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(sum of both branches' L_sup on `targets` (0 without targets), L_dis,0 + L_dis,1) for input `x`."""
-        logits0, logits1, f0, f1 = self.net(x)
+        """(sum of both branches' L_sup on `targets` (0 without targets), L_dis,0 + L_dis,1) from `self.net`'s
+        outputs."""
+        logits0, logits1, f0, f1 = outputs
         sup = (self.sup_loss(logits0, targets[0]) + self.sup_loss(logits1, targets[1]) if targets is not None
                else logits0.new_zeros((), dtype=torch.float32))
         return sup, feature_discrepancy(f0, f1) + feature_discrepancy(f1, f0)
@@ -185,20 +186,19 @@ class CML(Method):
         if self.cfg.cutmix:  # Eqs. 5-7
             (xa, xb), (ya, yb), inside = self.halves(x, "labeled"), self.halves(y, "labeled"), self.box(x)
             x, y = paste(xa, xb, inside), paste(ya, yb, inside)
-        return self.branch_losses(x, (y, y))
+        return self.branch_losses(self.net(x), (y, y))
 
     def unlabeled_losses(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if not self.cfg.cutmix:  # CFL, Eq. 3: each branch learns the other's pseudo-label of the same pass
-            logits0, logits1, f0, f1 = self.net(u)
-            sup = self.sup_loss(logits0, self.pseudo_labels(logits1)) + self.sup_loss(logits1, self.pseudo_labels(logits0))
-            return sup, feature_discrepancy(f0, f1) + feature_discrepancy(f1, f0)
+            outputs = self.net(u)
+            return self.branch_losses(outputs, (self.pseudo_labels(outputs[1]), self.pseudo_labels(outputs[0])))
         (up, uq), inside = self.halves(u, "unlabeled"), self.box(u)
         targets = None
         if self.cfg.lambda_u != 0:  # (Table 4's L_sup^l + L_dis row needs no pseudo-labels)
             with torch.no_grad():
                 logits0, logits1, _, _ = self.net(u)
             targets = heterogeneous_targets(self.pseudo_labels(logits0), self.pseudo_labels(logits1), inside)
-        return self.branch_losses(paste(up, uq, inside), targets)
+        return self.branch_losses(self.net(paste(up, uq, inside)), targets)
 
     # ---- the step -----------------------------------------------------------------------------------
     def train_step(self, labeled: Labeled, unlabeled: torch.Tensor | None, step: int) -> dict[str, torch.Tensor]:
@@ -209,7 +209,8 @@ class CML(Method):
             self.update(loss, self.optimizer)
             return {"loss": loss.detach(), "loss_sup_l": sup_l.detach(), "loss_dis": dis_l.detach()}
         if unlabeled is None:
-            raise ValueError("CML self-training needs unlabeled images in every batch (batch_size > labeled_batch_size)")
+            raise ValueError("CML self-training needs unlabeled images in every batch "
+                             "(batch_size > labeled_batch_size)")
         if cfg.lambda_u == 0 and cfg.lambda_dis == 0:  # Table 4's first row: unlabeled data take no part
             sup_u = dis_u = sup_l.new_zeros(())
         else:
