@@ -17,7 +17,9 @@ Paper, and this module (names as in §3):
 - Pseudo-labels: argmax of each branch on the UNMIXED unlabeled images (a no-grad forward in train mode, as
   the released code), then per-class largest connected component ("NMS" in the paper; released
   `get_ACDC_2DLargestCC`). Heterogeneous target of branch i (Eq. 9): Y_mix,i = Y_p,(1-i) M + Y_q,i (1 - M),
-  i.e. OUTSIDE the box the other branch's label of X_p, INSIDE the box the branch's own label of X_q.
+  i.e. OUTSIDE the box the other branch's label of X_p, INSIDE the box the branch's own label of X_q. The
+  released code does the same (`mixu_plab = plab_sub[:k] * mask + plab[k:] * (1 - mask)`, mask = 0 in the
+  box); "box from the other net", as issue 8 and PROTOCOLS.md §3.3 word it, would be the reverse.
 - L = L_sup^l + lambda_1 L_sup^u + lambda_2 (L_dis^l + L_dis^u) (Eq. 4; lambda_1 = 0.5, lambda_2 = 0.1 on ACDC),
   constant weights (no ramp-up). L_dis uses the features of the mixed inputs.
 - Two stages: pre-training (Eq. 11: L_sup^l + lambda_2 L_dis^l on mixed labeled pairs; unlabeled images are
@@ -31,14 +33,21 @@ Paper, and this module (names as in §3):
 Released variant (`variant: released`, preset `cml:released` also averages logits): one encoder and one
 bilinear decoder each run twice, so the "two views" differ only by encoder dropout (PROTOCOLS.md §3.3).
 
-Departures and open choices (see also the report in the branch's commit messages):
+Departures and choices the paper leaves open:
 - Optimiser at the hand-over: the released code reloads the optimiser state saved with the best
   pre-training checkpoint; the Trainer keeps weights only, so self-training starts a FRESH SGD optimiser
   (zero momentum) on the best weights rather than the last pre-training step's momentum.
 - Box position: uniform over all placements (the released `np.random.randint(0, W - w)` excludes the last
   one). The paper's "zero-centred mask" could also mean a centred box: `box_position: center`.
-- `cutmix: false` gives the paper's CFL (§3.1, Eqs. 2-4 on unmixed images, cross pseudo-labels from the same
-  forward pass); with `lambda_dis: 0` it is the paper's CPS baseline of Fig. 6.
+- `cutmix: false` gives the paper's CFL (§3.1, Eqs. 2-4 on unmixed images, cross argmax pseudo-labels from
+  the same forward pass, no largest-component filter as Eq. 3 has none); with `lambda_dis: 0` it is the
+  paper's CPS baseline of Fig. 6. The paper does not say whether its CPS / CFL runs pre-train: the presets
+  keep the same two stages (pre-training then without CutMix), so the three rows share one schedule.
+- Table 4's first row (L_sup^l only) reports exactly the plain U-Net's Table 2 number, so the paper may have
+  run a single supervised UNet there; preset `cml:sup` is CML with lambda_1 = lambda_2 = 0 (two branches,
+  CutMix, two stages), and the plain `supervised` method is the other reading.
+- Pseudo-labels come from a forward pass in train mode (dropout on, BatchNorm statistics updated), as the
+  released code; the paper does not say.
 """
 from __future__ import annotations
 
