@@ -70,13 +70,43 @@ def get_suite(name: str) -> Suite:
     return load_suite(paths[name])
 
 
-def describe(kind: str) -> list[tuple[str, str]]:
-    """(name, one-line description) for `bench ls`."""
+REPORTED_ONLY = Path(__file__).resolve().parent.parent / "methods" / "reported_only.yaml"
+REPORTED_FIELDS = ("name", "display", "paper", "citation")
+
+
+def reported_only(path: Path = REPORTED_ONLY) -> list[dict]:
+    """Methods of the seed tables without an implementation (methods/reported_only.yaml), checked on load."""
+    import yaml
+
+    try:
+        entries = yaml.safe_load(path.read_text()) or []
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot read the reported-only methods ({exc})") from exc
+    if not isinstance(entries, list):
+        raise ConfigError(f"{path}: expected a list of entries with keys {', '.join(REPORTED_FIELDS)}")
+    for i, entry in enumerate(entries):
+        missing = [k for k in REPORTED_FIELDS if not isinstance(entry, dict) or not entry.get(k)]
+        if missing:
+            raise ConfigError(f"{path}: entry {i + 1} lacks {', '.join(missing)}")
+    names = [e["name"] for e in entries]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{path}: names repeat: {sorted({n for n in names if names.count(n) > 1})}")
+    return entries
+
+
+def describe(kind: str, reported: bool = False) -> list[tuple[str, str]]:
+    """(name, one-line description) for `bench ls`; with `reported` (`bench ls methods --all`) the methods
+    listing also has the reported-only ones (seed-table methods without an implementation; a name that has
+    since been registered is skipped)."""
     if kind == "methods":
         rows = []
         for e in methods():
             rows.append((e.name, e.description))
             rows += [(f"{e.name}:{p}", f"preset: {_overrides_text(o)}") for p, o in e.obj.presets.items()]
+        if reported:
+            registered = set(methods().names())
+            rows += [(r["name"], f"reported only: {r['display']}, {r['paper']} ({r['citation']})")
+                     for r in reported_only() if r["name"] not in registered]
         return rows
     if kind == "datasets":
         return [(n, load_card(p).description) for n, p in _yaml_names(DATASETS_DIR).items()]

@@ -47,12 +47,14 @@ def _csv(text: Optional[str], cast=str) -> Optional[list]:
 
 
 @app.command("ls")
-def ls(kind: Listing = typer.Argument(..., help="methods, datasets or suites")) -> None:
+def ls(kind: Listing = typer.Argument(..., help="methods, datasets or suites"),
+       all_: bool = typer.Option(False, "--all", help="methods: also those of the papers' tables that are "
+                                                      "reported only (no implementation)")) -> None:
     """List registered methods, dataset cards or suites with a one-line description."""
     from benchmark import catalog
 
     try:
-        rows = catalog.describe(kind.value)
+        rows = catalog.describe(kind.value, reported=all_)
     except (ConfigError, UnknownNameError) as exc:
         _fail(str(exc))
     table = Table(show_header=True, header_style="bold")
@@ -72,7 +74,14 @@ def run(
     data_root: Optional[Path] = typer.Option(None, help="folder holding real datasets (default: $BENCH_DATA_ROOT)"),
     tracking_uri: Optional[str] = typer.Option(None, help="MLflow URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)"),
     no_track: bool = typer.Option(False, "--no-track", help="do not log to MLflow (finished trials found via run dirs)"),
-    executor: str = typer.Option("local", help="where trials run: local (in this process)"),
+    executor: Optional[str] = typer.Option(None, help="where trials run: ray (Ray Tune trials; the default when ray "
+                                           "is installed) or local (one after another in this process)"),
+    cpus_per_trial: float = typer.Option(1.0, help="ray: CPUs reserved per trial (cover the DataLoader workers)"),
+    gpus_per_trial: Optional[float] = typer.Option(None, help="ray: GPU share per trial, fractional (default: 0.25 "
+                                                   "for 2D cards, 1 for 3D cards, 0 without GPUs)"),
+    max_concurrent: Optional[int] = typer.Option(None, help="ray: most trials at once (default: what resources allow)"),
+    ray_address: Optional[str] = typer.Option(None, envvar="RAY_ADDRESS", help="ray: an existing cluster "
+                                              "(default: $RAY_ADDRESS, else a local Ray)"),
     work_dir: Path = typer.Option(Path("bench_runs"), help="checkpoints and per-trial files"),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1 ..."),
     force: bool = typer.Option(False, "--force", help="retrain trials that already finished"),
@@ -81,10 +90,16 @@ def run(
     """Train and test every method x labeled setting x seed of a suite; finished trials are skipped."""
     from benchmark import catalog
     from benchmark.run.local import run_local
+    from benchmark.run.ray_executor import RaySettings, ray_available, run_ray
     from benchmark.run.trials import expand
 
-    if executor != "local":
-        _fail(f"unknown executor {executor!r}; valid executors: local")
+    executor = executor or ("ray" if ray_available() else "local")
+    if executor not in ("local", "ray"):
+        _fail(f"unknown executor {executor!r}; valid executors: local, ray")
+    if executor == "ray" and not ray_available():
+        _fail("--executor ray needs ray: pip install 'ray[tune]' (or use --executor local)")
+    if cpus_per_trial <= 0 or (gpus_per_trial is not None and gpus_per_trial < 0) or (max_concurrent or 1) < 1:
+        _fail("--cpus-per-trial must be > 0, --gpus-per-trial >= 0 and --max-concurrent >= 1")
     try:
         spec = catalog.get_suite(suite)
         trials = expand(spec, methods=_csv(methods), seeds=_csv(seeds, int), iterations=iterations,
@@ -110,12 +125,107 @@ def run(
         console.print(f"[{colour}]{o.status:8}[/] {o.trial.name} ({o.trial.config_hash}){summary} {o.detail}",
                       highlight=False)
 
-    outcomes = run_local(trials, work_dir.resolve(), tracker, data_root, device, progress=True,
-                         force=force, on_outcome=report, eval_workers=workers)
+    if executor == "local":
+        outcomes = run_local(trials, work_dir.resolve(), tracker, data_root, device, progress=True,
+                             force=force, on_outcome=report, eval_workers=workers)
+    else:
+        settings = RaySettings(cpus_per_trial, gpus_per_trial, max_concurrent, ray_address, live=console.is_terminal)
+        try:
+            outcomes = run_ray(trials, work_dir, None if tracker is None else tracker.uri, spec.name, data_root,
+                               device, force=force, on_outcome=report, eval_workers=workers, settings=settings,
+                               console=console)
+        except ConfigError as exc:
+            _fail(str(exc))
+        st = settings.stats
+        if "ray_startup_s" in st:
+            console.print(f"ray: {st['nodes']} node(s), {st['cpus_per_trial']:g} CPU + {st['gpus_per_trial']:g} GPU"
+                          f" per trial, at most {st.get('peak_running', 0)} at once,"
+                          f" start-up {st['ray_startup_s']:.1f} s")
     failed = [o for o in outcomes if o.status == "FAILED"]
     console.print(f"done in {time.perf_counter() - start:.1f} s: "
                   + ", ".join(f"{sum(o.status == s for o in outcomes)} {s.lower()}" for s in ("FINISHED", "SKIPPED", "FAILED")))
     if failed:
+        for o in failed:
+            err.print(f"[red]FAILED[/] {o.trial.name} ({o.trial.config_hash}): {o.detail}", highlight=False)
+        raise typer.Exit(1)
+
+
+@app.command()
+def tune(
+    suite: str = typer.Option(..., "--suite", "-s", help="suite name or path (dataset, Trainer settings, method_config)"),
+    method: str = typer.Option(..., "--method", "-m", help="the method to tune (method or method:preset)"),
+    trials: int = typer.Option(20, help="trials in the study in total (a re-run continues up to this many)"),
+    space: Optional[list[str]] = typer.Option(None, "--space", help="NAME=uniform:LOW:HIGH | loguniform:LOW:HIGH | "
+                                              "int:LOW:HIGH | "
+                                              "choice:v1,v2 (repeatable; default: the method's search_space); with "
+                                              "--grid NAME=v1,v2,..."),
+    grid: bool = typer.Option(False, "--grid", help="grid search over the method's search_grids (or --space values), "
+                              "one field at a time around the defaults"),
+    product: bool = typer.Option(False, "--product", help="with --grid: every combination instead of one at a time"),
+    pruner: Optional[str] = typer.Option(None, help="asha, median or none (default: asha; none with --grid)"),
+    seed: Optional[int] = typer.Option(None, help="training seed of every trial and TPE seed (default: the suite's first)"),
+    labeled: Optional[str] = typer.Option(None, help="labeled setting (default: the suite's first)"),
+    iterations: Optional[int] = typer.Option(None, help="override the suite's training iterations"),
+    metric: str = typer.Option("val/dice", help="the objective, a validation metric (maximised)"),
+    grace_period: Optional[int] = typer.Option(None, help="steps before a trial may be pruned (default: iterations/8)"),
+    max_concurrent: int = typer.Option(1, help="trials at once"),
+    cpus_per_trial: float = typer.Option(1.0, help="Ray CPUs per trial"),
+    gpus_per_trial: Optional[float] = typer.Option(None, help="Ray GPUs per trial, fractional "
+                                                   "(default: 0.25 with CUDA, else 0)"),
+    ray_address: Optional[str] = typer.Option(None, help="an existing Ray cluster (default: $RAY_ADDRESS, else local)"),
+    work_dir: Path = typer.Option(Path("bench_runs"), help="checkpoints, per-trial files and the Optuna study"),
+    data_root: Optional[Path] = typer.Option(None, help="folder holding real datasets (default: $BENCH_DATA_ROOT)"),
+    tracking_uri: Optional[str] = typer.Option(None, help="MLflow URI (default as for run)"),
+    device: str = typer.Option("auto", help="auto, cpu, cuda ..."),
+) -> None:
+    """Optuna search (TPE through Ray Tune, pruned by ASHA/median) or a grid over one method's hyper-parameters;
+    the objective is the validation Dice; writes best.yaml (a suite method_config fragment)."""
+    from benchmark import catalog
+    from benchmark.track import default_tracking_uri
+    from benchmark.tune import StudySetup, grid_points, parse_grid, parse_space, run_study
+
+    try:
+        spec = catalog.get_suite(suite)
+        cls = catalog.method_class(method)
+        setup = StudySetup(spec, method, labeled if labeled is not None else spec.labeled[0],
+                           seed if seed is not None else spec.seeds[0], iterations,
+                           str(data_root) if data_root else None, str(work_dir.resolve()),
+                           default_tracking_uri(tracking_uri), metric, device)
+        if grid:
+            setup.kind = "grid"
+            setup.grid = grid_points(parse_grid(space, cls.search_grids), product)
+        else:
+            setup.space = {n: d.spec for n, d in parse_space(space, cls.search_space).items()}
+        if gpus_per_trial is None:
+            import torch
+
+            gpus_per_trial = 0.25 if torch.cuda.is_available() else 0.0
+        size = f"grid of {len(setup.grid)} point(s)" if grid else f"{trials} trial(s)"
+        console.print(f"[bold]{setup.study_name}[/]: {size}, tracking to {setup.tracking_uri} "
+                      f"(experiment {setup.experiment})")
+        result = run_study(setup, trials, pruner or ("none" if grid else "asha"), max_concurrent, cpus_per_trial,
+                           gpus_per_trial, ray_address, grace_period,
+                           on_trial=lambda line: console.print(line, highlight=False))
+    except (ConfigError, UnknownNameError) as exc:
+        _fail(str(exc))
+    names = sorted({k for r in result.records for k in r.values})
+    table_ = Table(title=f"{result.setup.study_name}: {len(result.records)} trial(s), {result.ran} run now",
+                   show_header=True, header_style="bold")
+    for col in (*names, f"{metric} (objective)", "test Dice (reported)", "status", "config hash"):
+        table_.add_column(col)
+    ranked = sorted(result.records, key=lambda r: -(r.objective if r.objective is not None else -1.0))
+    for r in ranked:
+        status = r.status + (f" @ {r.pruned_at}" if r.pruned_at is not None else "")
+        best = " *" if result.best is not None and r.run_id == result.best.run_id else ""
+        table_.add_row(*(str(r.values.get(n, "(default)")) for n in names),
+                       "-" if r.objective is None else f"{r.objective:.4f}{best}",
+                       "-" if r.test_dice is None else f"{r.test_dice:.4f}", status, r.config_hash)
+    console.print(table_)
+    if result.best is not None:
+        console.print(f"best: {result.best.values} {metric} {result.best.objective:.4f} -> {result.best_file}")
+    for e in result.errors:
+        err.print(f"[red]failed trial:[/] {e}", highlight=False)
+    if result.errors or result.best is None:
         raise typer.Exit(1)
 
 
@@ -241,6 +351,21 @@ def ui(port: int = typer.Option(5000, help="port on 127.0.0.1"),
     from benchmark.track import launch_ui
 
     raise typer.Exit(launch_ui(tracking_uri, port))
+
+
+@app.command()
+def server(
+    port: int = typer.Option(5000, help="port on 127.0.0.1"),
+    backend_store_uri: Optional[str] = typer.Option(None, help="database for runs (default: sqlite:///mlflow-server.db "
+                                                    "in the working directory; postgresql://... for many writers)"),
+    artifacts_destination: Path = typer.Option(Path("mlartifacts"), help="where the server stores artifacts"),
+    workers: int = typer.Option(2, help="server worker processes"),
+) -> None:
+    """Start an MLflow tracking server on 127.0.0.1 (DB backend + artifact root); runs log to it with
+    `bench run --tracking-uri http://127.0.0.1:PORT`."""
+    from benchmark.track import launch_server
+
+    raise typer.Exit(launch_server(port, backend_store_uri, artifacts_destination, workers))
 
 
 if __name__ == "__main__":

@@ -7,14 +7,32 @@ import torch
 import torch.nn.functional as F
 
 
-def dice_loss(probs: torch.Tensor, target: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    """Soft Dice of softmax `probs` (B,C,H,W) against integer `target` (B,H,W), mean over ALL classes
-    (background included): 1 - (2 sum(p t) + eps) / (sum(p^2) + sum(t^2) + eps), per class over the batch."""
-    onehot = F.one_hot(target.long(), probs.shape[1]).permute(0, 3, 1, 2).to(probs.dtype)
+def soft_dice_loss(probs: torch.Tensor, target_probs: torch.Tensor, eps: float = 1e-5,
+                   mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Dice between two (B,C,H,W) maps, mean over ALL classes (background included):
+    1 - (2 sum(p t) + eps) / (sum(p^2) + sum(t^2) + eps), per class over the batch. A soft target is allowed
+    (SS-Net's VAT distance `softDiceLoss`).
+
+    `mask` ((B,H,W) or (H,W), 0/1 or weights) restricts every sum to the masked pixels (BCP's masked
+    `DiceLoss(..., mask)`: each term multiplied by the mask before summing)."""
     dims = (0, 2, 3)
-    intersect = (probs * onehot).sum(dims)
-    denom = (probs * probs).sum(dims) + onehot.sum(dims)
+    if mask is not None:
+        m = mask.to(probs.dtype)
+        m = m.unsqueeze(1) if m.dim() == 3 else m
+        intersect = (probs * target_probs * m).sum(dims)
+        denom = (probs * probs * m).sum(dims) + (target_probs * target_probs * m).sum(dims)
+    else:
+        intersect = (probs * target_probs).sum(dims)
+        denom = (probs * probs).sum(dims) + (target_probs * target_probs).sum(dims)
     return (1 - (2 * intersect + eps) / (denom + eps)).mean()
+
+
+def dice_loss(probs: torch.Tensor, target: torch.Tensor, eps: float = 1e-5,
+              mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Soft Dice of softmax `probs` (B,C,H,W) against integer `target` (B,H,W): `soft_dice_loss` against the
+    one-hot target (SSL4MIS `DiceLoss`), optionally restricted to `mask`."""
+    onehot = F.one_hot(target.long(), probs.shape[1]).permute(0, 3, 1, 2).to(probs.dtype)
+    return soft_dice_loss(probs, onehot, eps, mask)
 
 
 def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -38,6 +56,48 @@ def entropy_map(probs: torch.Tensor, normalise: bool = False, eps: float = 1e-6)
     probs = probs.float()
     ent = -(probs * torch.log(probs + eps)).sum(1)
     return ent / math.log(probs.shape[1]) if normalise else ent
+
+
+def pseudo_targets(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A teaching net's signal for the other net: (argmax labels, max softmax probability = certainty), both
+    (B,H,W) and detached (cross teaching: CTCT, AdvMIM Eqs. 1-2)."""
+    certainty, labels = logits.detach().float().softmax(1).max(1)
+    return labels, certainty
+
+
+def weighted_ce(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None,
+                normalise: bool = False) -> torch.Tensor:
+    """Pixel-wise CE weighted by `weight` (B,H,W): mean(w * CE) (an expectation, AdvMIM Eq. 2), or with
+    normalise=True sum(w * CE) / sum(w) (AdvMIM's released code). Without weights: plain mean CE."""
+    ce = F.cross_entropy(logits.float(), target.long(), reduction="none")
+    if weight is None:
+        return ce.mean()
+    weighted = weight.float() * ce
+    return weighted.sum() / weight.float().sum().clamp_min(1e-8) if normalise else weighted.mean()
+
+
+def lsgan_discriminator_loss(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    """Least-squares GAN (Mao et al. 2017) for the discriminator: E[(D(real) - 1)^2] + E[D(fake)^2]."""
+    return ((real.float() - 1) ** 2).mean() + (fake.float() ** 2).mean()
+
+
+def lsgan_generator_loss(fake: torch.Tensor) -> torch.Tensor:
+    """Least-squares GAN for the generator: E[(D(fake) - 1)^2] (the fakes should be scored as real)."""
+    return ((fake.float() - 1) ** 2).mean()
+def confidence_mask(probs: torch.Tensor, tau: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """FixMatch's pseudo-labels and their mask from softmax `probs` (B,C,H,W): (argmax (B,H,W), max >= tau)."""
+    conf, pseudo = probs.max(1)
+    return pseudo, conf >= tau
+
+
+def masked_ce_loss(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
+                   weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Pixel CE kept where `mask` is True (optionally times a per-pixel `weight`), summed and divided by ALL
+    pixels (masked ones count as 0), as FixMatch's (1/|B|) sum 1(conf >= tau) CE."""
+    ce = F.cross_entropy(logits.float(), target.long(), reduction="none") * mask.to(torch.float32)
+    if weight is not None:
+        ce = ce * weight
+    return ce.mean()
 
 
 def dice_loss_per_sample(probs: torch.Tensor, target: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:

@@ -1,9 +1,12 @@
-"""Mask operations shared by evaluation and methods (pseudo-label cleaning): written once, here."""
+"""Mask operations shared by evaluation and methods (pseudo-label cleaning, random block masks for masked
+image modeling): written once, here."""
 from __future__ import annotations
 
+import math
 from typing import Iterable
 
 import numpy as np
+import torch
 from scipy import ndimage
 
 
@@ -29,3 +32,31 @@ def largest_component_per_class(labels: np.ndarray, classes: Iterable[int]) -> n
     for c in classes:
         out[largest_component(labels == c)] = c
     return out
+
+
+# ----------------------------------------------------------------------------------------- block masks
+def masked_block_count(n_blocks: int, ratio: float) -> int:
+    """ceil(ratio * n_blocks), robust to float noise (0.7 * 10 = 7.000000000000001 must give 7, not 8)."""
+    if not 0.0 <= ratio <= 1.0:
+        raise ValueError(f"mask ratio must be in [0, 1] (got {ratio})")
+    return math.ceil(round(ratio * n_blocks, 9))
+
+
+def random_block_masks(batch: int, grid: tuple[int, int], ratio: float,
+                       device: torch.device | str = "cpu") -> torch.Tensor:
+    """(batch, gh, gw) boolean masks, each with exactly ceil(ratio * gh * gw) True blocks at random positions,
+    drawn independently per sample from torch's global RNG (SimMIM-style random masking, as AdvMIM)."""
+    gh, gw = grid
+    k = masked_block_count(gh * gw, ratio)
+    order = torch.rand(batch, gh * gw, device=device).argsort(1)
+    masks = torch.zeros(batch, gh * gw, dtype=torch.bool, device=device)
+    masks.scatter_(1, order[:, :k], True)
+    return masks.view(batch, gh, gw)
+
+
+def upsample_block_mask(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Block mask (B, gh, gw) -> (B, H, W) by repeating each block; the grid must divide `size`."""
+    (gh, gw), (h, w) = mask.shape[-2:], size
+    if h % gh or w % gw:
+        raise ValueError(f"mask grid {gh}x{gw} does not divide {h}x{w}")
+    return mask.repeat_interleave(h // gh, -2).repeat_interleave(w // gw, -1)

@@ -107,6 +107,13 @@ class Tracker:
             self.client.set_tag(run_id, k, v)
         return TrackedRun(self.client, run_id)
 
+    def fail_unfinished(self, config_hash: str, reason: str) -> int:
+        """Mark this hash's RUNNING runs FAILED with `reason` (their process died); returns how many."""
+        stuck = self.runs(config_hash, "RUNNING")
+        for r in stuck:
+            TrackedRun(self.client, r.info.run_id).fail(reason)
+        return len(stuck)
+
     def finished_frame(self) -> pd.DataFrame:
         """All FINISHED runs of the experiment: tags.*, params.*, metrics.* columns (mlflow.search_runs)."""
         import mlflow
@@ -170,3 +177,31 @@ def launch_ui(tracking_uri: str | None, port: int) -> int:
     cmd = ["mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)]
     print(f"MLflow UI for {uri} at http://127.0.0.1:{port}  (Ctrl-C to stop)")
     return subprocess.call(cmd)
+
+
+def server_command(port: int, backend_store_uri: str | None = None, artifacts_destination: str | Path = "mlartifacts",
+                   workers: int = 2, host: str = "127.0.0.1") -> list[str]:
+    """`mlflow server` with a database backend and a served artifact root (artifacts go through the server)."""
+    import sys
+
+    backend = backend_store_uri or f"sqlite:///{Path.cwd().resolve() / 'mlflow-server.db'}"
+    if backend.startswith(("file:", "./")) or "://" not in backend:
+        from benchmark.config import ConfigError
+
+        raise ConfigError(f"--backend-store-uri {backend!r}: give a database URI (sqlite:////abs/path.db, "
+                          "postgresql://...); MLflow 3 refuses the file store")
+    return [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend,
+            "--artifacts-destination", Path(artifacts_destination).resolve().as_uri(), "--serve-artifacts",
+            "--host", host, "--port", str(port), "--workers", str(workers)]
+
+
+def launch_server(port: int, backend_store_uri: str | None, artifacts_destination: str | Path, workers: int) -> int:
+    """Run the tracking server in the foreground until Ctrl-C."""
+    cmd = server_command(port, backend_store_uri, artifacts_destination, workers)
+    print(f"MLflow tracking server: backend {cmd[cmd.index('--backend-store-uri') + 1]}, artifacts "
+          f"{cmd[cmd.index('--artifacts-destination') + 1]}\n"
+          f"log to it with: bench run --tracking-uri http://127.0.0.1:{port} ...  (Ctrl-C to stop)", flush=True)
+    try:
+        return subprocess.call(cmd)
+    except KeyboardInterrupt:
+        return 0

@@ -3,4 +3,7 @@
 Imports are explicit: a method that fails to import fails loudly here instead of vanishing from the list.
 """
 from methods.base import METHODS, Labeled, Method, MethodContext  # noqa: F401
-from methods import supervised, mean_teacher, ua_mt, entropy_min, cps, ict, cct, urpc, dan, mcnet, cml  # noqa: F401  (registration)
+from methods import (  # noqa: F401  (registration)
+    supervised, mean_teacher, ua_mt, entropy_min, cps, ict, cct, urpc, dan, mcnet, bcp, ict_med, ctct, advmim,
+    fixmatch, semsim, dct, ssnet, cml,
+)

@@ -36,8 +36,9 @@ class MethodContext:
     make_optimizer: Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
     patch_size: int = 256   # the training patch (nets whose shape depends on it, e.g. DAN's discriminator)
 
-    def build_network(self, name: str | None = None) -> nn.Module:
-        return build_network(name or self.network, self.in_channels, self.num_classes)
+    def build_network(self, name: str | None = None, **options: Any) -> nn.Module:
+        """The named (default: the Trainer's) network; `options` go to its constructor."""
+        return build_network(name or self.network, self.in_channels, self.num_classes, **options)
 
 
 @dataclass

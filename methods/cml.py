@@ -37,8 +37,9 @@ Departures and choices the paper leaves open:
 - Optimiser at the hand-over: the released code reloads the optimiser state saved with the best
   pre-training checkpoint; the Trainer keeps weights only, so self-training starts a FRESH SGD optimiser
   (zero momentum) on the best weights rather than the last pre-training step's momentum.
-- Box position: uniform over all placements (the released `np.random.randint(0, W - w)` excludes the last
-  one). The paper's "zero-centred mask" could also mean a centred box: `box_position: center`.
+- Box position: uniformly random (`benchmark.mixing.sample_box`, which, like the released
+  `generate_mask_2D`, never places the box flush with the bottom/right border). The paper's "zero-centred
+  mask" could also mean a box in the image centre: `box_position: center`.
 - `cutmix: false` gives the paper's CFL (§3.1, Eqs. 2-4 on unmixed images, cross argmax pseudo-labels from
   the same forward pass, no largest-component filter as Eq. 3 has none); with `lambda_dis: 0` it is the
   paper's CPS baseline of Fig. 6. The paper does not say whether its CPS / CFL runs pre-train: the presets
@@ -60,7 +61,7 @@ import torch.nn.functional as F
 from benchmark.config import ConfigError
 from benchmark.losses import dice_ce_loss, dice_loss_per_sample
 from benchmark.masks import largest_component_per_class
-from benchmark.mixing import box_mask, paste, random_box
+from benchmark.mixing import Box, box_mask, paste, sample_box
 from benchmark.nets.cml import CoTrainingUNet2D
 from methods.base import METHODS, Labeled, Method, MethodContext, Stage
 
@@ -107,6 +108,12 @@ def heterogeneous_targets(pseudo0: torch.Tensor, pseudo1: torch.Tensor, inside: 
     k = pseudo0.shape[0] // 2
     return (paste(pseudo1[:k], pseudo0[k:2 * k], inside),
             paste(pseudo0[:k], pseudo1[k:2 * k], inside))
+
+
+def centred_box(height: int, width: int, side_ratio: float) -> Box:
+    """The box of `sample_box`'s size in the middle of the image."""
+    h, w = int(height * side_ratio), int(width * side_ratio)
+    return Box((height - h) // 2, (width - w) // 2, h, w)
 
 
 def clean_pseudo_labels(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -166,9 +173,10 @@ class CML(Method):
         return 0.5 * (F.cross_entropy(logits, target.long()) + dice_loss_per_sample(logits.softmax(1), target))
 
     def box(self, x: torch.Tensor) -> torch.Tensor:
-        """One (H, W) box mask for the batch: True inside the box of side beta x the image side."""
+        """One (H, W) mask for the batch: 1 inside the box of side beta x each image side (where M = 0)."""
         h, w = x.shape[-2:]
-        return box_mask((h, w), random_box(h, w, self.cfg.beta, centered=self.cfg.box_position == "center"), x.device)
+        box = centred_box(h, w, self.cfg.beta) if self.cfg.box_position == "center" else sample_box(h, w, self.cfg.beta)
+        return box_mask(h, w, box, x.device)
 
     @staticmethod
     def halves(x: torch.Tensor, what: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -28,6 +28,10 @@ class MeanTeacherConfig(RampedConsistency):
 @METHODS.register("mean-teacher", "EMA teacher, noisy teacher input, softmax-MSE consistency ramped to 0.1 (SSL4MIS)")
 class MeanTeacher(Method):
     Config = MeanTeacherConfig
+    # `bench tune` defaults: ranges around SSL4MIS's values (consistency 0.1, ema_decay 0.99, lr 0.01)
+    search_space = {"consistency": "loguniform:0.01:1.0", "ema_decay": "choice:0.99,0.995,0.999",
+                    "lr": "loguniform:0.001:0.1"}
+    search_grids = {"consistency": [0.01, 0.03, 0.1, 0.3, 1.0], "ema_decay": [0.9, 0.99, 0.999]}
 
     def __init__(self, cfg: MeanTeacherConfig, ctx: MethodContext) -> None:
         super().__init__(cfg, ctx)

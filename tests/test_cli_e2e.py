@@ -30,7 +30,7 @@ def invoke(*args: str):
 def test_run_logs_to_mlflow_skips_finished_and_tables(tiny_suite, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    first = invoke("run", "--suite", str(tiny_suite), "--tracking-uri", uri, "--device", "cpu")
+    first = invoke("run", "--suite", str(tiny_suite), "--tracking-uri", uri, "--device", "cpu", "--executor", "local")
     assert first.exit_code == 0, first.output
     assert "4 finished, 0 skipped, 0 failed" in first.output
 
@@ -54,7 +54,7 @@ def test_run_logs_to_mlflow_skips_finished_and_tables(tiny_suite, tmp_path, monk
         assert tag in run.data.tags, tag
     assert len(client.get_metric_history(run.info.run_id, "val/dice")) == 2
 
-    again = invoke("run", "--suite", str(tiny_suite), "--tracking-uri", uri, "--device", "cpu")
+    again = invoke("run", "--suite", str(tiny_suite), "--tracking-uri", uri, "--device", "cpu", "--executor", "local")
     assert again.exit_code == 0 and "0 finished, 4 skipped" in again.output
 
     evaluated = invoke("eval", "--run", run.info.run_id, "--postprocess", "largest_component",
@@ -84,7 +84,7 @@ def test_a_failing_trial_is_marked_failed_with_its_reason(tiny_suite, tmp_path, 
 
     monkeypatch.setattr("benchmark.train.Trainer.fit", boom)
     result = invoke("run", "--suite", str(tiny_suite), "--methods", "supervised", "--seeds", "0",
-                    "--tracking-uri", uri, "--device", "cpu")
+                    "--tracking-uri", uri, "--device", "cpu", "--executor", "local")
     assert result.exit_code == 1 and "FAILED" in result.output
     from mlflow.tracking import MlflowClient
 
@@ -96,7 +96,8 @@ def test_a_failing_trial_is_marked_failed_with_its_reason(tiny_suite, tmp_path, 
 
 def test_untracked_run_skips_via_run_dir(tiny_suite, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    args = ["run", "--suite", str(tiny_suite), "--methods", "supervised", "--seeds", "0", "--no-track", "--device", "cpu"]
+    args = ["run", "--suite", str(tiny_suite), "--methods", "supervised", "--seeds", "0", "--no-track",
+            "--device", "cpu", "--executor", "local"]
     assert "1 finished" in invoke(*args).output
     assert "1 skipped" in invoke(*args).output
     assert not (tmp_path / "mlflow.db").exists()

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from benchmark import catalog
 from benchmark.config import ConfigError, load_suite, SUITES_DIR
 from benchmark.losses import dice_loss_per_sample
-from benchmark.mixing import box_mask, random_box
+from benchmark.mixing import box_mask, sample_box
 from benchmark.nets.cml import CoTrainingUNet2D
 from benchmark.nets.unet import UNet2D
 from benchmark.train import Trainer
@@ -73,19 +73,18 @@ def test_discrepancy_takes_no_gradient_through_the_other_branch():
 
 # --------------------------------------------------------------------------------------------- mixing
 @pytest.mark.parametrize("beta", [1 / 3, 1 / 2, 2 / 3, 5 / 6])
-def test_box_side_is_beta_of_each_image_side(beta):
+@pytest.mark.parametrize("position", ["random", "center"])
+def test_box_side_is_beta_of_each_image_side(beta, position):
     torch.manual_seed(0)
-    tops, lefts = set(), set()
-    for _ in range(200):
-        box = random_box(48, 30, beta)
-        assert (box.height, box.width) == (int(48 * beta), int(30 * beta))
-        assert 0 <= box.top <= 48 - box.height and 0 <= box.left <= 30 - box.width
-        tops.add(box.top), lefts.add(box.left)
-        assert box_mask((48, 30), box).sum() == box.height * box.width
-    assert min(tops) == 0 and max(tops) == 48 - int(48 * beta)        # every placement is reachable
-    assert min(lefts) == 0 and max(lefts) == 30 - int(30 * beta)
-    centre = random_box(48, 30, beta, centered=True)
-    assert centre.top == (48 - centre.height) // 2 and centre.left == (30 - centre.width) // 2
+    m = CML(CMLConfig(beta=beta, box_position=position), method_ctx())
+    x = torch.zeros(2, 1, 48, 30)
+    for _ in range(20):
+        mask = m.box(x).bool()
+        rows, cols = mask.any(1).nonzero().flatten(), mask.any(0).nonzero().flatten()
+        assert (len(rows), len(cols)) == (int(48 * beta), int(30 * beta))     # int(beta * side) on each axis
+        assert mask.sum() == len(rows) * len(cols)                             # one solid rectangle
+    if position == "center":
+        assert rows[0] == (48 - len(rows)) // 2 and cols[0] == (30 - len(cols)) // 2
 
 
 def test_labeled_cutmix_mixes_images_and_labels_with_one_box():
@@ -109,7 +108,7 @@ def test_labeled_cutmix_mixes_images_and_labels_with_one_box():
 def test_heterogeneous_pseudo_label_follows_eq9():
     """Eq. 9 with M = 0 in the box: target_i = other branch's label of X_p outside, own label of X_q inside."""
     k, size = 2, 8
-    inside = box_mask((size, size), random_box(size, size, 0.5, centered=True))
+    inside = box_mask(size, size, sample_box(size, size, 0.5)).bool()
     # a distinct value for each (branch, image half): branch 0 labels X_p 1, X_q 2; branch 1 labels X_p 3, X_q 0
     pseudo0 = torch.cat([torch.full((k, size, size), 1), torch.full((k, size, size), 2)])
     pseudo1 = torch.cat([torch.full((k, size, size), 3), torch.full((k, size, size), 0)])

@@ -180,3 +180,28 @@ def test_method_presets_layer_between_the_methods_entry_and_their_own(tmp_path, 
     assert ("cps:strong", "preset: consistency=1.0, consistency_rampup=5.0") in catalog.describe("methods")
     with pytest.raises(UnknownNameError, match="strong"):
         expand(load_suite(path), methods=["cps:weak"])
+
+
+def test_runs_of_swin_methods_are_tagged_with_their_pretrained_weights(tmp_path):
+    from benchmark.run.local import tags_of
+    from benchmark.run.trials import expand
+
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"name": "s", "dataset": "synthetic-acdc", "labeled": [3], "seeds": [0],
+                                    "methods": ["ctct", "cps"], "train": {"patch_size": 224}}))
+    trials = {t.method: t for t in expand(load_suite(path))}
+    assert tags_of(trials["ctct"], "cpu")["pretrained"] == "none"
+    assert "pretrained" not in tags_of(trials["cps"], "cpu")
+    path.write_text(yaml.safe_dump({"name": "s", "dataset": "synthetic-acdc", "labeled": [3], "seeds": [0],
+                                    "methods": ["ctct"], "method_config": {"ctct": {"pretrained": "/w/swin_tiny.pth"}}}))
+    assert tags_of(expand(load_suite(path))[0], "cpu")["pretrained"] == "swin_tiny.pth"
+
+
+def test_all_inside_a_method_list_expands_to_every_registered_method(tmp_path):
+    from benchmark.run.trials import expand
+
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"name": "s", "dataset": "synthetic-acdc", "labeled": [3], "seeds": [0],
+                                    "methods": ["all", "dct:ssl4mis", "cps"]}))
+    names = [t.method for t in expand(load_suite(path))]
+    assert names == [*catalog.methods().names(), "dct:ssl4mis"]   # cps once, in registry order

@@ -53,4 +53,4 @@ def test_unknown_method_exits_nonzero_with_valid_names():
 
 def test_unknown_executor_is_refused():
     result = runner.invoke(app, ["run", "--suite", "demo", "--executor", "slurm", "--no-track"])
-    assert result.exit_code != 0 and "valid executors: local" in result.output
+    assert result.exit_code != 0 and "valid executors: local, ray" in result.output

@@ -1,4 +1,6 @@
-"""SSL4MIS `FCDiscriminator` (HiLab-git/SSL4MIS @06df604 `code/networks/discriminator.py`), written from its
+"""Discriminators: `FCDiscriminator` (DAN) and `PatchDiscriminator` (AdvMIM, at the end of this file).
+
+SSL4MIS `FCDiscriminator` (HiLab-git/SSL4MIS @06df604 `code/networks/discriminator.py`), written from its
 description (PROTOCOLS.md §3.1, DAN).
 
 Checked facts of the 2D reference:
@@ -61,3 +63,22 @@ class FCDiscriminator(nn.Module):
         x = self.dropout(self.leaky_relu(self.conv3(x)))
         x = self.leaky_relu(self.conv4(x))
         return self.classifier(self.avgpool(x).flatten(1))
+
+
+class PatchDiscriminator(nn.Module):
+    """AdvMIM's "five-layer CNN" domain discriminator on softmax maps (PROTOCOLS.md §3.2, zlheui/AdvMIM
+    `train.py::CNNDiscriminator`): four 4x4 stride-2 convs (ndf, 2ndf, 4ndf, 8ndf) each followed by
+    LeakyReLU(0.2), then a 4x4 stride-2 conv to one channel; padding 1, no normalisation. A 224 input gives a
+    (B, 1, 7, 7) map of real/fake scores (raw, for least-squares losses)."""
+
+    def __init__(self, num_classes: int, ndf: int = 64) -> None:
+        super().__init__()
+        widths = (num_classes, ndf, ndf * 2, ndf * 4, ndf * 8)
+        layers: list[nn.Module] = []
+        for cin, cout in zip(widths[:-1], widths[1:]):
+            layers += [nn.Conv2d(cin, cout, 4, stride=2, padding=1), nn.LeakyReLU(0.2)]
+        layers.append(nn.Conv2d(widths[-1], 1, 4, stride=2, padding=1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, prob_map: torch.Tensor) -> torch.Tensor:
+        return self.net(prob_map)

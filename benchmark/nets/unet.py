@@ -6,9 +6,13 @@ bilinear x2 (align_corners=True) then concat with the skip; 3x3 output conv. Abo
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import nn
 import torch.nn.functional as F
+
+FeatureHook = Callable[[torch.Tensor], torch.Tensor]
 
 CHANNELS = (16, 32, 64, 128, 256)
 ENCODER_DROPOUT = (0.05, 0.1, 0.2, 0.3, 0.5)
@@ -52,10 +56,13 @@ class Encoder(nn.Module):
             ConvBlock(widths[i], widths[i + 1], ENCODER_DROPOUT[i]) for i in range(len(CHANNELS))
         )
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def forward(self, x: torch.Tensor, after_first: FeatureHook | None = None) -> list[torch.Tensor]:
+        """`after_first` (optional) rewrites the first block's output, skip included (AdvMIM's CNN masking)."""
         features = []
         for i, block in enumerate(self.blocks):
             x = block(x if i == 0 else F.max_pool2d(x, 2))
+            if i == 0 and after_first is not None:
+                x = after_first(x)
             features.append(x)
         return features
 
@@ -69,11 +76,15 @@ class Decoder(nn.Module):
         self.ups = nn.ModuleList(UpBlock(c[i + 1], c[i], c[i]) for i in reversed(range(len(c) - 1)))
         self.head = nn.Conv2d(c[0], num_classes, 3, padding=1)
 
-    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+    def last_features(self, features: list[torch.Tensor]) -> torch.Tensor:
+        """The finest decoder feature map (B, 16, H, W), the input of the output conv."""
         x = features[-1]
         for up, skip in zip(self.ups, reversed(features[:-1])):
             x = up(x, skip)
-        return self.head(x)
+        return x
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        return self.head(self.last_features(features))
 
 
 class UNet2D(nn.Module):
@@ -84,5 +95,15 @@ class UNet2D(nn.Module):
         self.encoder = Encoder(in_channels)
         self.decoder = Decoder(num_classes)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.encoder(x))
+    def forward(self, x: torch.Tensor, after_first: FeatureHook | None = None) -> torch.Tensor:
+        return self.decoder(self.encoder(x, after_first))
+
+    def forward_with_encoder_features(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(logits, the encoder's five feature maps, finest first) from one pass; no extra parameters."""
+        features = self.encoder(x)
+        return self.decoder(features), features
+
+    def forward_with_decoder_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, last decoder features (B, 16, H, W)): the pixel embeddings SS-Net's prototypes use."""
+        features = self.decoder.last_features(self.encoder(x))
+        return self.decoder.head(features), features

@@ -7,6 +7,8 @@ marked FAILED with its reason and the others still run.
 from __future__ import annotations
 
 import json
+import os
+import socket
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,16 +45,37 @@ def describe_device(device) -> str:
 
 def tags_of(trial: Trial, device: str) -> dict[str, str]:
     p = trial.protocol
-    return {"method": trial.method, "dataset": trial.card.name, "labeled_patients": str(trial.labeled_patients),
+    extra = {}
+    if "pretrained" in trial.method_config:  # methods with a Swin-UNet: tables must show runs without ImageNet weights
+        extra["pretrained"] = "none" if not trial.method_config["pretrained"] else Path(trial.method_config["pretrained"]).name
+    return extra | {"method": trial.method, "dataset": trial.card.name, "labeled_patients": str(trial.labeled_patients),
             "labeled_rows": str(trial.labeled_rows), "seed": str(trial.seed), "suite": trial.suite,
             "config_hash": trial.config_hash, "cell_hash": trial.cell_hash, "scoring_hash": p.scoring_hash,
             "iterations": str(trial.train.iterations), "device": device, "checkpoint_rule": p.checkpoint,
             "hd_units": p.hd_units, "empty_prediction": p.empty_prediction, "protocol": p.describe()}
 
 
+class _Tee:
+    """The run's logger plus an observer (an executor's progress display) behind one `log_metrics`."""
+
+    def __init__(self, run, observer: Callable[[dict[str, float], int], None]) -> None:
+        self.run, self.observer = run, observer
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        if self.run is not None:
+            self.run.log_metrics(metrics, step)
+        self.observer(metrics, step)
+
+
 def run_trial(trial: Trial, work_dir: Path, tracker=None, data_root: str | Path | None = None,
-              device: str = "auto", progress: bool = True, eval_workers: int = 0) -> Outcome:
-    """Train and test one trial (resuming when its run dir holds a checkpoint)."""
+              device: str = "auto", progress: bool = True, eval_workers: int = 0,
+              observer: Callable[[dict[str, float], int], None] | None = None,
+              extra_tags: dict[str, str] | None = None) -> Outcome:
+    """Train and test one trial (resuming when its run dir holds a checkpoint).
+
+    Every executor calls this (the Ray executor inside its Tune trials): `observer` also receives what the
+    Trainer logs (live progress), `extra_tags` are added to the MLflow run (e.g. the Ray node).
+    """
     run_dir = run_dir_of(trial, work_dir)
     result_file = run_dir / "result.json"
     if tracker is not None and tracker.finished_run_id(trial.config_hash):
@@ -65,7 +88,8 @@ def run_trial(trial: Trial, work_dir: Path, tracker=None, data_root: str | Path 
         if tracker is not None:
             from benchmark.track import harness_tags
 
-            tags = {**tags_of(trial, describe_device(dev)), **harness_tags(), "run_dir": str(run_dir)}
+            tags = {**tags_of(trial, describe_device(dev)), **harness_tags(), "run_dir": str(run_dir),
+                    "worker": f"{socket.gethostname()}:{os.getpid()}", **(extra_tags or {})}
             run = tracker.open_run(trial.name, trial.config_hash, tags, trial.resolved())
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(trial.resolved(), sort_keys=False))
@@ -73,7 +97,8 @@ def run_trial(trial: Trial, work_dir: Path, tracker=None, data_root: str | Path 
         method_cls = catalog.method_class(trial.method)
         method_cfg = method_cls.make_config(trial.method_config, trial.name)
         trainer = Trainer(data, method_cls, method_cfg, trial.train, trial.labeled_rows, trial.seed, run_dir,
-                          trial.protocol, trial.card.classes, trial.card.in_channels, logger=run, device=str(dev),
+                          trial.protocol, trial.card.classes, trial.card.in_channels,
+                          logger=run if observer is None else _Tee(run, observer), device=str(dev),
                           progress=progress, description=trial.name, eval_workers=eval_workers)
         result = trainer.fit()
         flat = {"best_val_dice": result.best_val_dice, "best_step": float(result.best_step),
@@ -107,16 +132,21 @@ def run_local(trials: Sequence[Trial], work_dir: Path, tracker=None, data_root: 
     outcomes = []
     for trial in trials:
         if force:
-            _clear(run_dir_of(trial, work_dir))
-            if tracker is not None:
-                for r in tracker.runs(trial.config_hash, "FINISHED"):
-                    tracker.client.set_tag(r.info.run_id, "superseded", "true")
-                    tracker.client.set_terminated(r.info.run_id, "KILLED")
+            supersede_finished(trial, work_dir, tracker)
         outcome = run_trial(trial, work_dir, tracker, data_root, device, progress, eval_workers)
         outcomes.append(outcome)
         if on_outcome:
             on_outcome(outcome)
     return outcomes
+
+
+def supersede_finished(trial: Trial, work_dir: Path, tracker=None) -> None:
+    """For --force: clear the trial's run dir and mark its FINISHED runs KILLED + superseded."""
+    _clear(run_dir_of(trial, work_dir))
+    if tracker is not None:
+        for r in tracker.runs(trial.config_hash, "FINISHED"):
+            tracker.client.set_tag(r.info.run_id, "superseded", "true")
+            tracker.client.set_terminated(r.info.run_id, "KILLED")
 
 
 def _clear(run_dir: Path) -> None:

@@ -65,9 +65,8 @@ def expand(suite: Suite, methods: Sequence[str] | None = None, seeds: Sequence[i
     where = str(suite.path or suite.name)
     registry = catalog.methods()
     card = catalog.get_card(suite.dataset)
-    chosen = list(methods or suite.methods) if (methods or suite.methods != "all") else ["all"]
-    if chosen == ["all"]:
-        chosen = registry.names()
+    requested = list(methods) if methods else (["all"] if suite.methods == "all" else list(suite.methods))
+    chosen = list(dict.fromkeys(n for m in requested for n in (registry.names() if m == "all" else [m])))
     classes = {m: catalog.method_class(m) for m in chosen}  # unknown names raise with the valid list
     presets = {m: catalog.preset_overrides(m) for m in chosen}
     for name in (*suite.method_config, *suite.method_train):

@@ -1,0 +1,202 @@
+"""Bidirectional Copy-Paste (Bai, Chen, Li, Shen, Wang, CVPR 2023) as in DeepMed-Lab-ECNU/BCP
+`code/ACDC_BCP_train.py` @7879f98 (PROTOCOLS.md §3.6; losses from `code/utils/losses.py::DiceLoss`).
+
+Two stages, run by the Trainer (`stages()`):
+
+1. **pretrain** (reference: 10 000 iterations): labeled data only. The labeled half-batches a = l[:k] and
+   b = l[k:2k] (k = labeled_bs // 2) are mixed: b's content inside a box, a's outside; the loss supervises the
+   outside with a's label and the box with b's label. The unlabeled half of the batch is not used.
+2. **selftrain** (reference: 30 000 iterations), starting from pre-training's best-on-val weights. The EMA
+   teacher is initialised from the same weights (`start_stage`). With labeled halves a, b and unlabeled
+   halves ua, ub (p = min(labeled_bs, unlabeled_bs) // 2 each):
+   - teacher pseudo-labels of ua and ub (two separate teacher passes, teacher in train mode): argmax, then
+     per class the largest 2D connected component of each slice (`get_ACDC_2DLargestCC`, 8-connectivity;
+     a class absent from a slice stays absent);
+   - one box per step, shared by the whole batch and both mixes: a side of int(2/3 * H) x int(2/3 * W)
+     (about 44% of the area) at a random position (`generate_mask`; `benchmark.mixing.sample_box`);
+   - mix 1 "into unlabeled": ua outside, a inside the box; targets pseudo(ua) outside (weight u_weight =
+     0.5), label(a) inside (weight 1);
+   - mix 2 "into labeled": b outside, ub inside; targets label(b) outside (weight 1), pseudo(ub) inside
+     (weight u_weight);
+   - each mix's loss (`mix_loss`) = w_out * Dice(outside) + w_in * Dice(inside) and the same for CE, where
+     Dice is the masked soft Dice over all classes (sums multiplied by the region mask, smooth 1e-10) and CE
+     is the mean over the region's pixels; total = (Dice_1 + Dice_2 + CE_1 + CE_2) / 2 (two student passes);
+   - one SGD step, then the teacher update teacher = 0.99 * teacher + 0.01 * student with no warm-up.
+   Inference uses the student.
+
+Reference training settings (suites' `method_train`): SGD lr 0.01, momentum 0.9, weight decay 1e-4, **no lr
+decay** in either stage, batch 24 (12 + 12), patch 256, the SSL4MIS "old" augmentation, best on val every 200
+iterations in each stage. The reference computes a `consistency_weight` (5 * 0.1 * ramp-up) that it only
+logs; it is not part of the loss, so it is absent here.
+
+Budget: `pretrain_fraction` (default 1/3) sets the pre-training length to round(fraction * iterations), the
+self-training stage runs `iterations` (the suite's budget). The reference's 10 000 / 30 000 is the default
+at iterations = 30 000; `bench run --iterations 20` gives 7 + 20 steps.
+
+Departures (none changes the algorithm):
+- Network: the reference's `UNet_2d` is the SSL4MIS UNet plus projection/prediction/selector heads that the
+  ACDC script never calls; the plain `unet` is used (identical outputs; the unused heads only took weight
+  decay).
+- Stage hand-over: the reference restores the student's weights AND its SGD state from the best pre-training
+  checkpoint. The Trainer's best_val checkpoint keeps weights only, so the momentum buffers carry over from
+  the last pre-training step instead (they decay by 0.9 per step; the lr is constant, so nothing else
+  differs).
+- EMA: the reference averages the whole state_dict (BN running statistics included); `ema_update` averages
+  parameters only. The teacher always runs in train mode (batch statistics), so its running statistics are
+  never read: no effect on training.
+- Randomness: the box position comes from torch's RNG instead of numpy's (same distribution; follows the
+  Trainer's seeding and resume). Half-batches of unequal size: the reference needs labeled_bs ==
+  unlabeled_bs (and even); here p = min(...) // 2 pairs are mixed and extra images are unused.
+- The reference's pseudo-label cleaning hard-codes ACDC's classes 1..3; here it is classes 1..C-1, with a
+  switch `largest_component` (the reference's `nms` argument, on in self-training).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from benchmark.ema import ema_update, frozen_copy
+from benchmark.losses import dice_loss
+from benchmark.masks import largest_component_per_class
+from benchmark.mixing import box_mask, paste, sample_box
+from methods.base import METHODS, Labeled, Method, MethodContext, Stage
+
+
+@dataclass
+class BCPConfig:
+    pretrain_fraction: float = 1 / 3   # pre-train steps = round(fraction * iterations) (reference 10k / 30k)
+    box_ratio: float = 2 / 3           # side of the pasted box as a fraction of the image side
+    u_weight: float = 0.5              # weight of the regions supervised by pseudo-labels
+    ema_decay: float = 0.99
+    largest_component: bool = True     # clean pseudo-labels to each class's largest 2D component (`nms=1`)
+    dice_smooth: float = 1e-10         # the reference DiceLoss smoothing term
+
+
+class Mix(NamedTuple):
+    """One copy-paste input with its region targets: `outside` supervises outside the box, `inside` in it."""
+
+    image: torch.Tensor
+    outside: torch.Tensor
+    inside: torch.Tensor
+    w_outside: float
+    w_inside: float
+
+    def label(self, mask: torch.Tensor) -> torch.Tensor:
+        """The mixed label map: `inside` where mask is 1, `outside` elsewhere."""
+        return paste(self.outside, self.inside, mask)
+
+
+def halves(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """x[:k] and x[k:2k]."""
+    return x[:k], x[k:2 * k]
+
+
+def bidirectional_mix(labeled_a: Labeled, labeled_b: Labeled, unl_a: torch.Tensor, pseudo_a: torch.Tensor,
+                      unl_b: torch.Tensor, pseudo_b: torch.Tensor, mask: torch.Tensor,
+                      u_weight: float) -> tuple[Mix, Mix]:
+    """BCP's two inputs: labeled a pasted into unlabeled a, and unlabeled b pasted into labeled b."""
+    into_unlabeled = Mix(paste(unl_a, labeled_a.image, mask), pseudo_a, labeled_a.label, u_weight, 1.0)
+    into_labeled = Mix(paste(labeled_b.image, unl_b, mask), labeled_b.label, pseudo_b, 1.0, u_weight)
+    return into_unlabeled, into_labeled
+
+
+def mix_loss(logits: torch.Tensor, mix: Mix, mask: torch.Tensor, smooth: float = 1e-10) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Dice, CE) of one mixed input: each the weighted sum of its outside-the-box and inside-the-box terms."""
+    logits = logits.float()
+    probs = logits.softmax(1)
+    inside = mask.to(logits.dtype).expand(logits.shape[0], *mask.shape[-2:])
+    outside = 1.0 - inside
+    dice = (mix.w_outside * dice_loss(probs, mix.outside, smooth, mask=outside)
+            + mix.w_inside * dice_loss(probs, mix.inside, smooth, mask=inside))
+    ce_out = F.cross_entropy(logits, mix.outside.long(), reduction="none")
+    ce_in = F.cross_entropy(logits, mix.inside.long(), reduction="none")
+    ce = (mix.w_outside * (ce_out * outside).sum() / (outside.sum() + 1e-16)
+          + mix.w_inside * (ce_in * inside).sum() / (inside.sum() + 1e-16))
+    return dice, ce
+
+
+@torch.no_grad()
+def pseudo_labels(logits: torch.Tensor, largest_component: bool = True) -> torch.Tensor:
+    """argmax over classes; optionally each foreground class cut to its largest 2D component per slice."""
+    labels = logits.argmax(1)
+    if not largest_component:
+        return labels
+    classes = range(1, logits.shape[1])
+    cleaned = np.stack([largest_component_per_class(s, classes) for s in labels.cpu().numpy()])
+    return torch.from_numpy(cleaned).to(labels.device)
+
+
+@METHODS.register("bcp", "bidirectional copy-paste: labeled copy-paste pre-training, then EMA-teacher self-training "
+                         "on labeled<->unlabeled pastes (BCP, CVPR 2023)")
+class BCP(Method):
+    Config = BCPConfig
+
+    def __init__(self, cfg: BCPConfig, ctx: MethodContext) -> None:
+        super().__init__(cfg, ctx)
+        if not 0 < cfg.pretrain_fraction:
+            raise ValueError(f"bcp: pretrain_fraction must be > 0 (got {cfg.pretrain_fraction})")
+        self.model = ctx.build_network()
+        self.teacher = frozen_copy(self.model)   # re-initialised from the pre-trained student in start_stage
+        self.optimizer = ctx.make_optimizer(self.model.parameters())
+        self.stage = "pretrain"
+
+    def stages(self) -> list[Stage]:
+        pretrain = max(1, round(self.cfg.pretrain_fraction * self.ctx.iterations))
+        return [Stage("pretrain", pretrain), Stage("selftrain", self.ctx.iterations, init="best_val")]
+
+    def start_stage(self, stage: Stage, index: int) -> None:
+        self.stage = stage.name
+        if stage.name == "selftrain":   # the student holds pre-training's best weights now (init="best_val")
+            self.teacher.load_state_dict(self.model.state_dict())
+
+    def _box(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        return box_mask(h, w, sample_box(h, w, self.cfg.box_ratio), x.device)
+
+    def train_step(self, labeled: Labeled, unlabeled: torch.Tensor | None, step: int) -> dict[str, torch.Tensor]:
+        if self.stage == "pretrain":
+            return self._pretrain_step(labeled)
+        return self._selftrain_step(labeled, unlabeled)
+
+    def _pretrain_step(self, labeled: Labeled) -> dict[str, torch.Tensor]:
+        k = labeled.image.shape[0] // 2
+        if k < 1:
+            raise ValueError("bcp pre-training pastes one labeled image into another: labeled_batch_size >= 2")
+        (img_a, img_b), (lab_a, lab_b) = halves(labeled.image, k), halves(labeled.label, k)
+        mask = self._box(img_a)
+        mix = Mix(paste(img_a, img_b, mask), lab_a, lab_b, 1.0, 1.0)
+        dice, ce = mix_loss(self.model(mix.image), mix, mask, self.cfg.dice_smooth)
+        return self._update(dice, ce)
+
+    def _selftrain_step(self, labeled: Labeled, unlabeled: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        p = min(labeled.image.shape[0], 0 if unlabeled is None else unlabeled.shape[0]) // 2
+        if p < 1:
+            raise ValueError("bcp self-training pairs labeled and unlabeled half-batches: it needs at least 2 "
+                             "labeled and 2 unlabeled images per batch")
+        (img_a, img_b), (lab_a, lab_b) = halves(labeled.image, p), halves(labeled.label, p)
+        unl_a, unl_b = halves(unlabeled, p)
+        with torch.no_grad():
+            pseudo_a = pseudo_labels(self.teacher(unl_a), self.cfg.largest_component)
+            pseudo_b = pseudo_labels(self.teacher(unl_b), self.cfg.largest_component)
+        mask = self._box(img_a)
+        mixes = bidirectional_mix(Labeled(img_a, lab_a), Labeled(img_b, lab_b), unl_a, pseudo_a, unl_b, pseudo_b,
+                                  mask, self.cfg.u_weight)
+        dice, ce = 0.0, 0.0
+        for mix in mixes:
+            d, c = mix_loss(self.model(mix.image), mix, mask, self.cfg.dice_smooth)
+            dice, ce = dice + d, ce + c
+        out = self._update(dice, ce)
+        ema_update(self.teacher, self.model, self.cfg.ema_decay, 0, warmup=False)
+        return out
+
+    def _update(self, dice: torch.Tensor, ce: torch.Tensor) -> dict[str, torch.Tensor]:
+        loss = (dice + ce) / 2
+        self.update(loss, self.optimizer)
+        return {"loss": loss.detach(), "loss_dice": dice.detach(), "loss_ce": ce.detach()}
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)

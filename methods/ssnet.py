@@ -1,0 +1,197 @@
+"""SS-Net (Wu et al., MICCAI 2022, "Exploring smoothness and class-separation for semi-supervised medical image
+segmentation"), 2D ACDC version: ycwu1997/SS-Net @c0a8bf6 `code/train_ss_2d.py` (PROTOCOLS.md §3.7), with
+`code/networks/unet.py`, `code/utils/losses.py` (DiceLoss, softDiceLoss, VAT2d), `code/utils/feature_memory.py`
+and `code/utils/contrastive_losses.py` (both adapted there from Shathe/SemiSeg-Contrastive).
+
+What the reference does, and this module does too:
+- Network: the plain SSL4MIS UNet, which also returns its finest decoder features (16 channels, full
+  resolution; `UNet2D.forward_with_decoder_features`), plus SS-Net's heads (`SSNetHeads`): projection 16->32 and
+  prediction 32->32 MLPs (Linear, BN1d, ReLU, Linear) and, per class, two "selector" MLPs (Linear 32->32,
+  BN1d, LeakyReLU 0.2, Linear 32->1), one for batch features and one for memory features. One SGD optimiser
+  over everything.
+- Supervised loss: Dice only (SS-Net's DiceLoss: mean over all 4 classes, smooth 1e-10, no CE: the script
+  computes CE for its log but does not add it).
+- Smoothness (`vat_loss`): VAT on the WHOLE batch. Target = softmax of a separate no-grad pass (train mode);
+  d = uniform(-0.5, 0.5) noise, L2-normalised per image; one power iteration: probe x + xi*d (xi = 10), d <-
+  normalised grad of the soft-Dice distance w.r.t. d; r_adv = epsilon * d (`magnitude` 6.0 on ACDC, the L2
+  norm of each image's perturbation); loss = soft Dice(softmax(f(x + r_adv)), target). BN running statistics
+  are frozen during the probe and the adversarial pass (batch statistics are still used).
+- Class separation (prototypes): the labeled pixels whose prediction is correct and not background are
+  projected (heads in eval mode, no grad); per class at most 32 of them are kept in a memory that is replaced
+  every step (a class without such pixels keeps its last entry; background never gets one, so it never
+  contributes). When a class has more than 32, the class's batch selector scores them and the reference's
+  ascending sort keeps the 32 LOWEST scores (its comment says "highest"; `memory_keep_highest=True` gives
+  that reading). Then every labeled pixel (with its label) and every unlabeled pixel (with its argmax
+  pseudo-label) goes through projection + prediction heads, and per class c with > 1 pixel and > 1 memory
+  entry: distance = 1 - cosine(feature, memory entry), weighted by sigmoid(selector(feature.detach())) and
+  sigmoid(memory_selector(entry)), each rescaled to mean 1; the class term is the mean weighted distance and
+  the loss is the sum over classes / num_classes (`separation_loss`).
+- loss = Dice + w * (VAT + 0.1 * (sep_labeled + sep_unlabeled)), w = 0.1 * sigmoid_rampup(step // 150, 200)
+  (the script computes w before incrementing its counter: step t uses t // 150).
+- Inference: the UNet's logits.
+
+Not a method setting but in the suites: SS-Net on ACDC trains with a constant lr (SGD 0.01, momentum 0.9,
+weight decay 1e-4), batch 24 (12 labeled), patch 256, 30 000 iterations.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from itertools import chain
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from benchmark.losses import dice_loss, soft_dice_loss
+from benchmark.nets.unet import UNet2D
+from benchmark.schedules import RampedConsistency
+from methods.base import METHODS, Labeled, Method, MethodContext
+
+
+@dataclass
+class SSNetConfig(RampedConsistency):
+    magnitude: float = 6.0             # VAT epsilon: L2 norm of each image's adversarial perturbation (LA: 10)
+    xi: float = 10.0                   # VAT probe step
+    power_iterations: int = 1
+    separation_weight: float = 0.1     # inside the ramped weight: w * (vat + 0.1 * (sep_l + sep_u))
+    memory_size: int = 32              # memory entries per class
+    memory_keep_highest: bool = False  # reference: ascending sort keeps the lowest-scored features
+    dice_smooth: float = 1e-10
+
+
+def _mlp(d_in: int, d_out: int, act: nn.Module, width: int = 32) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(d_in, width), nn.BatchNorm1d(width), act, nn.Linear(width, d_out))
+
+
+class SSNetHeads(nn.Module):
+    """Projection / prediction MLPs and per-class selectors (scores for batch features and memory features)."""
+
+    def __init__(self, num_classes: int, feature_dim: int = 16, dim: int = 32) -> None:
+        super().__init__()
+        self.projection = _mlp(feature_dim, dim, nn.ReLU(inplace=True))
+        self.prediction = _mlp(dim, dim, nn.ReLU(inplace=True))
+        self.selectors = nn.ModuleList(_mlp(dim, 1, nn.LeakyReLU(0.2, inplace=True)) for _ in range(num_classes))
+        self.memory_selectors = nn.ModuleList(_mlp(dim, 1, nn.LeakyReLU(0.2, inplace=True)) for _ in range(num_classes))
+
+    def embed(self, features: torch.Tensor) -> torch.Tensor:
+        return self.prediction(self.projection(features))
+
+
+@contextlib.contextmanager
+def frozen_bn_stats(model: nn.Module) -> Iterator[None]:
+    """BatchNorm layers use batch statistics but do not update their running ones (VAT's extra passes)."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    for m in bns:
+        m.track_running_stats = False
+    try:
+        yield
+    finally:
+        for m in bns:
+            m.track_running_stats = True
+
+
+def l2_normalise(d: torch.Tensor) -> torch.Tensor:
+    """Each image's perturbation divided by its L2 norm (+1e-8)."""
+    return d / (d.flatten(1).norm(dim=1).view(-1, *([1] * (d.dim() - 1))) + 1e-8)
+
+
+def vat_perturbation(model: nn.Module, x: torch.Tensor, target: torch.Tensor, xi: float, epsilon: float,
+                     iterations: int = 1) -> torch.Tensor:
+    """r_adv = epsilon * (normalised gradient of soft-Dice(softmax(model(x + xi d)), target) w.r.t. d)."""
+    d = l2_normalise(torch.rand_like(x) - 0.5)
+    for _ in range(iterations):
+        d.requires_grad_(True)
+        distance = soft_dice_loss(model(x + xi * d).float().softmax(1), target, 1e-10)
+        (grad,) = torch.autograd.grad(distance, d)
+        d = l2_normalise(grad)
+    return epsilon * d
+
+
+def vat_loss(model: nn.Module, x: torch.Tensor, xi: float, epsilon: float, iterations: int = 1) -> torch.Tensor:
+    """SS-Net's local distributional smoothness: soft Dice between f(x + r_adv) and f(x) (a no-grad pass)."""
+    with torch.no_grad():
+        target = model(x).float().softmax(1)
+    with frozen_bn_stats(model):
+        r_adv = vat_perturbation(model, x, target, xi, epsilon, iterations)
+        return soft_dice_loss(model(x + r_adv).float().softmax(1), target, 1e-10)
+
+
+def separation_loss(features: torch.Tensor, labels: torch.Tensor, memory: list[torch.Tensor | None],
+                    heads: SSNetHeads) -> torch.Tensor:
+    """Class-wise pull of embedded `features` (N, D) towards their class's memory entries (M_c, D):
+    sum over classes c (> 1 feature and > 1 entry) of mean_ij w_i v_j (1 - cos(f_i, m_j)), / num_classes;
+    w, v = sigmoid selector scores of the (detached) features / the entries, each rescaled to mean 1."""
+    loss = features.new_zeros(())
+    for c, entries in enumerate(memory):
+        feats = features[labels == c]
+        if entries is None or feats.shape[0] <= 1 or entries.shape[0] <= 1:
+            continue
+        distances = 1 - F.normalize(feats, dim=1) @ F.normalize(entries, dim=1).T
+        w = torch.sigmoid(heads.selectors[c](feats.detach()))          # (N_c, 1)
+        v = torch.sigmoid(heads.memory_selectors[c](entries)).T         # (1, M_c)
+        loss = loss + (distances * (w / w.mean()) * (v / v.mean())).mean()
+    return loss / len(memory)
+
+
+@METHODS.register("ss-net", "VAT smoothness + class-wise prototype pull on decoder features, Dice only (SS-Net)")
+class SSNet(Method):
+    Config = SSNetConfig
+
+    def __init__(self, cfg: SSNetConfig, ctx: MethodContext) -> None:
+        super().__init__(cfg, ctx)
+        if ctx.network != "unet":
+            raise ValueError(f"SS-Net uses the SSL4MIS UNet's decoder features; network must be 'unet' (got {ctx.network!r})")
+        self.model = UNet2D(ctx.in_channels, ctx.num_classes)
+        self.heads = SSNetHeads(ctx.num_classes)
+        self.optimizer = ctx.make_optimizer(chain(self.model.parameters(), self.heads.parameters()))
+        self.memory: list[torch.Tensor | None] = [None] * ctx.num_classes
+
+    @torch.no_grad()
+    def update_memory(self, features: torch.Tensor, labels: torch.Tensor) -> None:
+        """Replace each present class's entries with (at most memory_size of) its projected `features`."""
+        self.heads.eval()
+        projected = self.heads.projection(features)
+        self.heads.train()
+        for c in range(len(self.memory)):
+            feats = projected[labels == c]
+            if feats.shape[0] > self.cfg.memory_size:
+                scores = torch.sigmoid(self.heads.selectors[c](feats))[:, 0]
+                order = scores.argsort(descending=self.cfg.memory_keep_highest)
+                feats = feats[order[: self.cfg.memory_size]]
+            if feats.shape[0] > 0:
+                self.memory[c] = feats.clone()
+
+    def train_step(self, labeled: Labeled, unlabeled: torch.Tensor | None, step: int) -> dict[str, torch.Tensor]:
+        cfg, n = self.cfg, labeled.image.shape[0]
+        x = labeled.image if unlabeled is None else torch.cat([labeled.image, unlabeled])
+        logits, features = self.model.forward_with_decoder_features(x)
+        probs = logits.float().softmax(1)
+        sup = dice_loss(probs[:n], labeled.label, cfg.dice_smooth)
+        pred = probs.detach().argmax(1)
+        pixels = features.permute(0, 2, 3, 1)                           # (B, H, W, 16)
+        correct = (pred[:n] == labeled.label) & (pred[:n] > 0)
+        self.update_memory(pixels[:n][correct], labeled.label[correct])
+        sep_l = separation_loss(self.heads.embed(pixels[:n].reshape(-1, pixels.shape[-1])),
+                                labeled.label.reshape(-1), self.memory, self.heads)
+        sep_u = (separation_loss(self.heads.embed(pixels[n:].reshape(-1, pixels.shape[-1])),
+                                 pred[n:].reshape(-1), self.memory, self.heads) if n < x.shape[0] else sup.new_zeros(()))
+        vat = vat_loss(self.model, x, cfg.xi, cfg.magnitude, cfg.power_iterations)
+        weight = cfg.consistency_weight(step)
+        loss = sup + weight * (vat + cfg.separation_weight * (sep_l + sep_u))
+        self.update(loss, self.optimizer)
+        return {"loss": loss.detach(), "loss_dice": sup.detach(), "loss_vat": vat.detach(),
+                "loss_sep_l": sep_l.detach(), "loss_sep_u": sep_u.detach(), "cons_weight": torch.tensor(weight)}
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    # The memory is training state: keep it in checkpoints so a resumed run continues with it.
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "memory": list(self.memory)}
+
+    def load_state_dict(self, state: dict, weights_only: bool = False) -> None:
+        super().load_state_dict(state, weights_only)
+        if "memory" in state and not weights_only:
+            self.memory = list(state["memory"])
