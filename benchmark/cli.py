@@ -229,58 +229,198 @@ def tune(
         raise typer.Exit(1)
 
 
-@app.command()
-def table(
-    suite: str = typer.Option(..., "--suite", "-s", help="suite name or path"),
-    format: Format = typer.Option(Format.markdown, "--format", "-f", help="markdown, latex or csv"),
-    out: Optional[Path] = typer.Option(None, help="write to this file instead of stdout"),
-    checkpoint: Optional[str] = typer.Option(None, help="best_val, last or best_test (default: the suite's protocol)"),
-    per_class: bool = typer.Option(False, "--per-class", help="add per-class columns"),
-    tracking_uri: Optional[str] = typer.Option(None, help="MLflow URI (default as for run)"),
-) -> None:
-    """Print the suite's results table from MLflow (finished runs only)."""
+class Show(str, Enum):
+    reported = "reported"
+    delta = "delta"
+    both = "both"
+
+
+def _suite_frame(suite: str, checkpoint: Optional[str], tracking_uri: Optional[str]):
+    """(spec, card, protocol with the chosen checkpoint, finished-runs frame scored under that protocol)."""
+    import dataclasses
+
     from benchmark import catalog
-    from benchmark.config import CHECKPOINT_RULES
-    from benchmark.report.tables import TableContext, label_cells, order_rows, render, runs_to_long
+    from benchmark.config import CHECKPOINT_RULES, EvaluationProtocol, build_dataclass
     from benchmark.track import Tracker
 
     try:
         spec = catalog.get_suite(suite)
         card = catalog.get_card(spec.dataset)
-    except (ConfigError, UnknownNameError) as exc:
-        _fail(str(exc))
-    import dataclasses
-
-    from benchmark.config import EvaluationProtocol, build_dataclass
-
-    try:
         protocol = build_dataclass(EvaluationProtocol, {**dataclasses.asdict(card.evaluation), **spec.protocol},
                                    f"{spec.path}: protocol")
-    except ConfigError as exc:
+    except (ConfigError, UnknownNameError) as exc:
         _fail(str(exc))
     ckpt = checkpoint or protocol.checkpoint
     if ckpt not in CHECKPOINT_RULES:
         _fail(f"unknown checkpoint {ckpt!r}; valid: {', '.join(CHECKPOINT_RULES)}")
     protocol = dataclasses.replace(protocol, checkpoint=ckpt)
-    frame = Tracker(spec.name, tracking_uri).finished_frame()
-    if frame.empty:
-        _fail(f"no finished runs for suite {spec.name!r} in this tracking store; run `bench run --suite {spec.name}` first", 1)
-    if "tags.scoring_hash" in frame:
+    tracker = Tracker(spec.name, tracking_uri)
+    frame = tracker.finished_frame()
+    if "tags.scoring_hash" in frame and not frame.empty:
         other = frame["tags.scoring_hash"] != protocol.scoring_hash
         if other.any():
             err.print(f"note: {int(other.sum())} finished run(s) scored under another protocol are left out")
         frame = frame[~other]
+    return spec, card, protocol, frame, tracker
+
+
+@app.command()
+def table(
+    suite: Optional[str] = typer.Option(None, "--suite", "-s", help="suite name or path (optional with --layout: "
+                                        "without it the layout shows the published values only)"),
+    format: Format = typer.Option(Format.markdown, "--format", "-f", help="markdown, latex or csv"),
+    out: Optional[Path] = typer.Option(None, help="write to this file instead of stdout"),
+    checkpoint: Optional[str] = typer.Option(None, help="best_val, last or best_test (default: the suite's protocol)"),
+    per_class: bool = typer.Option(False, "--per-class", help="add per-class columns"),
+    layout: Optional[str] = typer.Option(None, help="a published table's layout, e.g. advmim-table2 "
+                                         "(ls leaderboards/): our runs beside the paper's numbers"),
+    show: Show = typer.Option(Show.both, help="with --layout: the paper's value beside ours (reported), the "
+                              "difference ours - paper (delta), or both"),
+    stand_in: Optional[str] = typer.Option(None, "--stand-in", help="with --layout: let the suite's runs fill this "
+                                           "paper dataset's cells, e.g. acdc for synthetic demos (said in a footnote)"),
+    significance: bool = typer.Option(True, "--significance/--no-significance", help="with --layout: Wilcoxon "
+                                      "signed-rank per-case test of each cell against the best other row we ran"),
+    baseline: Optional[str] = typer.Option(None, help="with --layout: test against this method instead"),
+    cost: bool = typer.Option(True, "--cost/--no-cost", help="with --layout: steps/s, hours and parameters of our runs"),
+    tracking_uri: Optional[str] = typer.Option(None, help="MLflow URI (default as for run)"),
+) -> None:
+    """Print the suite's results table from MLflow (finished runs only), or a paper's table with ours beside it."""
+    from benchmark import catalog
+    from benchmark.report.tables import TableContext, label_cells, order_rows, render, runs_to_long
+
+    if layout is not None:
+        _layout_table(suite, layout, format.value, show.value, out, checkpoint, stand_in, significance, baseline,
+                      cost, tracking_uri)
+        return
+    if suite is None:
+        _fail("give --suite (or --layout for a published table)")
+    spec, card, protocol, frame, _ = _suite_frame(suite, checkpoint, tracking_uri)
+    ckpt = protocol.checkpoint
+    if frame.empty:
+        _fail(f"no finished runs for suite {spec.name!r} in this tracking store; run `bench run --suite {spec.name}` first", 1)
     order = catalog.methods().names() if spec.methods == "all" else list(spec.methods)
     long = order_rows(label_cells(runs_to_long(frame, ckpt)), order)
     if long.empty or not any(c in long for c in ("dice",)):
         _fail(f"no run of suite {spec.name!r} has test metrics for checkpoint {ckpt!r}", 1)
     ctx = TableContext(card.name, protocol.describe(), protocol.hd_units, ckpt, card.classes)
-    text = render(long, format.value, ctx, per_class=per_class)
+    _emit(render(long, format.value, ctx, per_class=per_class), out)
+
+
+def _emit(text: str, out: Optional[Path]) -> None:
     if out:
         out.write_text(text)
         console.print(f"wrote {out}")
     else:
         print(text)
+
+
+def _layout_table(suite, layout, fmt, show, out, checkpoint, stand_in, significance, baseline, cost,
+                  tracking_uri) -> None:
+    import pandas as pd
+
+    from benchmark.report import leaderboard as lbm
+    from benchmark.report.stats import case_table
+
+    try:
+        lb = lbm.load(layout)
+    except ConfigError as exc:
+        _fail(str(exc))
+    datasets = sorted({s.dataset for s in lb.settings})
+    if stand_in is not None and stand_in not in datasets:
+        _fail(f"--stand-in {stand_in!r} is not a dataset of {lb.id}; valid: {', '.join(datasets)}")
+    runs, cases, hd_units, note = None, None, "voxel", ""
+    if suite is not None:
+        spec, card, protocol, frame, tracker = _suite_frame(suite, checkpoint, tracking_uri)
+        if any(r.config for r in lb.rows):   # sweep rows: `bench tune` trials count too (experiment <suite>/tune)
+            tuned = tracker.companion_frame("tune")
+            if "tags.scoring_hash" in tuned:
+                tuned = tuned[tuned["tags.scoring_hash"] == protocol.scoring_hash]
+            if "tags.method" in tuned:
+                frame = pd.concat([frame, tuned[tuned["tags.method"].notna()]], ignore_index=True)
+        runs = lbm.runs_to_layout_frame(frame, protocol.checkpoint)
+        hd_units = protocol.hd_units
+        note = f"suite {spec.name} on {card.name}, protocol: {protocol.describe()}"
+        if significance and not runs.empty:
+            cases = case_table(runs, protocol.checkpoint)
+        if runs.empty:
+            err.print(f"note: no finished runs for suite {spec.name!r}: the table shows the published values only")
+    grid = lbm.build_grid(lb, runs, hd_units, stand_in=stand_in, cases=cases, baseline=baseline, cost=cost,
+                          ours_note=note)
+    _emit(lbm.render(grid, fmt, show), out)
+
+
+class PlotKind(str, Enum):
+    dice_vs_labeled = "dice-vs-labeled"
+    seed_spread = "seed-spread"
+    val_curves = "val-curves"
+    sensitivity = "sensitivity"
+
+
+@app.command()
+def plot(
+    suite: str = typer.Option(..., "--suite", "-s", help="suite name or path"),
+    kind: PlotKind = typer.Option(..., "--kind", "-k", help="dice-vs-labeled, seed-spread, val-curves or sensitivity"),
+    out_dir: Path = typer.Option(Path("figures"), "--out-dir", help="folder for the figure files"),
+    formats: str = typer.Option("png,pdf", help="comma-separated: png, pdf, svg"),
+    checkpoint: Optional[str] = typer.Option(None, help="best_val, last or best_test (default: the suite's protocol)"),
+    layout: Optional[str] = typer.Option(None, help="overlay this leaderboard's published values (dice-vs-labeled, "
+                                         "sensitivity), e.g. semsim-table1 or advmim-table3"),
+    param: Optional[str] = typer.Option(None, help="sensitivity: the swept method parameter (default: the layout's)"),
+    study: Optional[str] = typer.Option(None, help="sensitivity: a `bench tune` study (experiment <suite>/tune); "
+                                        "default: the suite's runs that log --param"),
+    stand_in: Optional[str] = typer.Option(None, "--stand-in", help="compare the suite's runs with this paper "
+                                           "dataset's published values, e.g. acdc (synthetic demos)"),
+    log_mlflow: bool = typer.Option(True, "--log/--no-log", help="also log the files to MLflow ('<suite>/figures')"),
+    tracking_uri: Optional[str] = typer.Option(None, help="MLflow URI (default as for run)"),
+) -> None:
+    """Draw a figure of the suite's runs (seaborn) and save it as PNG/PDF."""
+    from benchmark.report import figures
+    from benchmark.report import leaderboard as lbm
+
+    spec, card, protocol, frame, tracker = _suite_frame(suite, checkpoint, tracking_uri)
+    if frame.empty:
+        _fail(f"no finished runs for suite {spec.name!r}; run `bench run --suite {spec.name}` first", 1)
+    runs = lbm.runs_to_layout_frame(frame, protocol.checkpoint)
+    lb = None
+    if layout:
+        try:
+            lb = lbm.load(layout)
+        except ConfigError as exc:
+            _fail(str(exc))
+    dataset = stand_in or card.name
+    try:
+        if kind is PlotKind.dice_vs_labeled:
+            fig = figures.dice_vs_labeled(runs, None if lb is None else figures.published_curve(lb, dataset),
+                                          title=f"{spec.name}: test Dice vs labeled patients")
+        elif kind is PlotKind.seed_spread:
+            fig = figures.seed_spread(runs)
+        elif kind is PlotKind.val_curves:
+            hist = tracker.metric_history(list(runs["run_id"]), "val/dice")
+            fig = figures.val_curves(hist.merge(runs[["run_id", "method", "seed", "labeled"]], on="run_id"))
+        else:
+            name = param or (lb.sweep.get("param") if lb is not None else None)
+            if not name:
+                _fail("sensitivity needs --param NAME or a sweep --layout (advmim-table3, advmim-table4)")
+            if study:   # a `bench tune` study: experiment '<suite>/tune', runs tagged tune.study
+                trials = figures.study_trials(tracker.companion_frame("tune"), study, name, protocol.checkpoint)
+                if trials.empty:
+                    _fail(f"no finished trial of study {study!r} in experiment {spec.name}/tune varies {name!r}", 1)
+            else:       # runs of the suite that log the parameter (params.method.<name>)
+                col = f"cfg.{name}"
+                if col not in runs or runs[col].isna().all():
+                    _fail(f"no run of suite {spec.name!r} logs the parameter {name!r} (params.method.{name}); "
+                          f"give --study NAME for a bench tune study", 1)
+                trials = runs.dropna(subset=[col]).rename(columns={col: name})
+            pub = figures.published_sweep(lb) if lb is not None and lb.sweep.get("param") == name else None
+            fig = figures.sensitivity(trials, name, published=pub, log=bool(lb is not None and lb.sweep.get("log")))
+    except ValueError as exc:
+        _fail(str(exc), 1)
+    paths = figures.save(fig, out_dir, f"{spec.name}-{kind.value}", _csv(formats) or ["png"])
+    for path in paths:
+        console.print(f"wrote {path}")
+    if log_mlflow:
+        run_id = tracker.log_figures(paths, kind.value)
+        console.print(f"logged to MLflow experiment {spec.name}/figures, run {run_id}")
 
 
 @app.command("eval")

@@ -122,6 +122,35 @@ class Tracker:
         return mlflow.search_runs(experiment_ids=[self.experiment_id], filter_string="attributes.status = 'FINISHED'")
 
 
+    def companion_frame(self, suffix: str) -> pd.DataFrame:
+        """FINISHED runs of the companion experiment '<suite>/<suffix>' (e.g. 'tune'); empty when it does not exist."""
+        import mlflow
+
+        exp = self.client.get_experiment_by_name(f"{self.experiment}/{suffix}")
+        if exp is None:
+            return pd.DataFrame()
+        mlflow.set_tracking_uri(self.uri)
+        return mlflow.search_runs(experiment_ids=[exp.experiment_id], filter_string="attributes.status = 'FINISHED'")
+
+    def metric_history(self, run_ids: list[str], key: str) -> pd.DataFrame:
+        """run_id, step, value of metric `key` (e.g. 'val/dice') over each run's training."""
+        rows = [{"run_id": rid, "step": m.step, "value": m.value}
+                for rid in run_ids for m in self.client.get_metric_history(rid, key)]
+        return pd.DataFrame(rows, columns=["run_id", "step", "value"])
+
+    def log_figures(self, paths: list[Path], kind: str) -> str:
+        """Log figure files to a run in the companion experiment '<suite>/figures' (kept out of the suite's
+        experiment so that tables never see it); returns the run id."""
+        exp = self.client.get_experiment_by_name(f"{self.experiment}/figures")
+        exp_id = exp.experiment_id if exp else self.client.create_experiment(
+            f"{self.experiment}/figures", artifact_location=_artifact_location(self.uri))
+        run = self.client.create_run(exp_id, run_name=kind, tags={"kind": kind, "suite": self.experiment})
+        for path in paths:
+            self.client.log_artifact(run.info.run_id, str(path))
+        self.client.set_terminated(run.info.run_id, "FINISHED")
+        return run.info.run_id
+
+
 class TrackedRun:
     """One MLflow run: metrics in batches, artifacts, terminal status."""
 
