@@ -45,7 +45,7 @@ Departures and choices the paper leaves open:
   paper's CPS baseline of Fig. 6. The paper does not say whether its CPS / CFL runs pre-train: the presets
   keep the same two stages (pre-training then without CutMix), so the three rows share one schedule.
 - Table 4's first row (L_sup^l only) reports exactly the plain U-Net's Table 2 number, so the paper may have
-  run a single supervised UNet there; preset `cml:sup` is CML with lambda_1 = lambda_2 = 0 (two branches,
+  run a single supervised UNet there; preset `cml:sup-only` is CML with lambda_1 = lambda_2 = 0 (two branches,
   CutMix, two stages), and the plain `supervised` method is the other reading.
 - Pseudo-labels come from a forward pass in train mode (dropout on, BatchNorm statistics updated), as the
   released code; the paper does not say.
@@ -130,9 +130,9 @@ class CML(Method):
     presets = {
         "released": {"variant": "released", "ensemble": "logits"},  # the released 2D code as it runs
         # Table 4 (loss ablation); its last row (all three losses) is plain `cml`
-        "sup": {"lambda_u": 0.0, "lambda_dis": 0.0},
-        "sup-dis": {"lambda_u": 0.0},
-        "sup-unsup": {"lambda_dis": 0.0},
+        "sup-only": {"lambda_u": 0.0, "lambda_dis": 0.0},     # L_sup^l
+        "no-unsup": {"lambda_u": 0.0},                        # L_sup^l + L_dis
+        "no-dis": {"lambda_dis": 0.0},                        # L_sup^l + L_sup^u
         # Fig. 6: CPS -> CFL -> CML (plain `cml`), all in the two-sub-network co-training framework
         "cps": {"cutmix": False, "largest_component": False, "lambda_dis": 0.0},
         "cfl": {"cutmix": False, "largest_component": False},

@@ -5,9 +5,10 @@ from dataclasses import replace
 
 import pytest
 import torch
+import yaml
 import torch.nn.functional as F
 
-from benchmark import catalog
+from benchmark import REPO_ROOT, catalog
 from benchmark.config import ConfigError, load_suite, SUITES_DIR
 from benchmark.losses import dice_loss_per_sample
 from benchmark.mixing import box_mask, sample_box
@@ -191,10 +192,14 @@ def test_config_errors_and_presets():
     with pytest.raises(ConfigError, match="beta"):
         CMLConfig(beta=1.0)
     assert METHODS.get("cml") is CML
-    for preset in ("released", "sup", "sup-dis", "sup-unsup", "cps", "cfl"):
+    for preset in ("released", "sup-only", "no-unsup", "no-dis", "cps", "cfl"):
         cfg = CML.make_config(catalog.preset_overrides(f"cml:{preset}"), preset)
         assert isinstance(cfg, CMLConfig)
     assert CML.make_config(catalog.preset_overrides("cml:cps"), "x").lambda_dis == 0
+    rows = yaml.safe_load((REPO_ROOT / "leaderboards" / "cml-table4.yaml").read_text())["rows"]
+    for row in rows:                                   # every Table 4 row of the leaderboard is a runnable name
+        assert catalog.method_class(row["method"]) is CML
+        CML.make_config(catalog.preset_overrides(row["method"]), row["method"])
     assert CML.search_grids["beta"] == [1 / 3, 1 / 2, 2 / 3, 5 / 6]
     assert CML.search_space["lambda_u"] == "choice:0.1,0.2,0.5,1.0"
 
