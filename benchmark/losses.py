@@ -98,3 +98,13 @@ def masked_ce_loss(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tenso
     if weight is not None:
         ce = ce * weight
     return ce.mean()
+
+
+def dice_loss_per_sample(probs: torch.Tensor, target: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """Soft Dice with sums per sample and a linear denominator (BCP / CML `mask_DiceLoss`, no weight mask):
+    1 - mean over samples and ALL classes (background included) of (2 sum(p t) + eps) / (sum p + sum t + eps)."""
+    onehot = F.one_hot(target.long(), probs.shape[1]).permute(0, 3, 1, 2).to(probs.dtype)
+    dims = (2, 3)
+    intersect = (probs * onehot).sum(dims)
+    denom = probs.sum(dims) + onehot.sum(dims)
+    return 1 - ((2 * intersect + eps) / (denom + eps)).mean()

@@ -1,0 +1,246 @@
+"""CML: Cross-View Mutual Learning (Wu et al., ACM MM 2024; `shared/papers/cml.md` §3), 2D ACDC version.
+Reference code: SongwuJob/CML @1229a71 `code/CML_ACDC_train.py`, `code/utils/CML_utils.py`,
+`code/utils/losses.py::mask_DiceLoss`, `code/networks/unet.py`, `code/utils/val_2d.py` (PROTOCOLS.md §3.3).
+
+Paper, and this module (names as in §3):
+- Two sub-networks E_i + D_i with no shared parameters (`variant: paper`, `benchmark/nets/cml.py`): D0
+  up-samples bilinearly, D1 with transposed convs. One SGD optimiser over both (as the released code).
+- L_dis (Eq. 1): 1 + cos(f_i, sg(f_{1-i})) for each branch, on the bottleneck features; the cosine is taken
+  over channels at every position and averaged (released `features_discrepancy_loss`).
+- L_sup (Eq. 2): 1/2 (CE + Dice) per branch. `dice: per_sample` (default) is the released code's Dice (sums
+  per image, linear denominator, background included), which the paper does not define; `dice: ssl4mis` is
+  the SSL4MIS Dice of the other methods here.
+- CutMix (Eqs. 5-10): the labeled batch is split into halves (X_u, X_v) = (first, second half), as the
+  released code does with its random batch, and one box of side beta x each image side (beta = 1/2 on ACDC)
+  is drawn per batch for all pairs; inside the box the image comes from X_v, outside from X_u (M = 0 in
+  the box). Labels are mixed with the same box. Unlabeled halves (X_p, X_q) likewise, with a second box.
+- Pseudo-labels: argmax of each branch on the UNMIXED unlabeled images (a no-grad forward in train mode, as
+  the released code), then per-class largest connected component ("NMS" in the paper; released
+  `get_ACDC_2DLargestCC`). Heterogeneous target of branch i (Eq. 9): Y_mix,i = Y_p,(1-i) M + Y_q,i (1 - M),
+  i.e. OUTSIDE the box the other branch's label of X_p, INSIDE the box the branch's own label of X_q. The
+  released code does the same (`mixu_plab = plab_sub[:k] * mask + plab[k:] * (1 - mask)`, mask = 0 in the
+  box); "box from the other net", as issue 8 and PROTOCOLS.md §3.3 word it, would be the reverse.
+- L = L_sup^l + lambda_1 L_sup^u + lambda_2 (L_dis^l + L_dis^u) (Eq. 4; lambda_1 = 0.5, lambda_2 = 0.1 on ACDC),
+  constant weights (no ramp-up). L_dis uses the features of the mixed inputs.
+- Two stages: pre-training (Eq. 11: L_sup^l + lambda_2 L_dis^l on mixed labeled pairs; unlabeled images are
+  drawn but unused, as in the released code), then self-training from the best pre-training weights on
+  val. The reference runs 10k + 30k; here pre-training is `round(pretrain_fraction * iterations)` steps,
+  pretrain_fraction = 1/3, so 30 000 gives 10 000 + 30 000 and `--iterations 20` gives 7 + 20.
+  `pretrain_fraction: 0` skips pre-training.
+- Inference: argmax of the mean of the two branches' softmax (`predict` returns its log, whose argmax and
+  softmax are the paper's). `ensemble: logits` averages logits instead (released `val_2d` / `test_ACDC`).
+
+Released variant (`variant: released`, preset `cml:released` also averages logits): one encoder and one
+bilinear decoder each run twice, so the "two views" differ only by encoder dropout (PROTOCOLS.md §3.3).
+
+Departures and choices the paper leaves open:
+- Optimiser at the hand-over: the released code reloads the optimiser state saved with the best
+  pre-training checkpoint; the Trainer keeps weights only, so self-training starts a FRESH SGD optimiser
+  (zero momentum) on the best weights rather than the last pre-training step's momentum.
+- Box position: uniformly random (`benchmark.mixing.sample_box`, which, like the released
+  `generate_mask_2D`, never places the box flush with the bottom/right border). The paper's "zero-centred
+  mask" could also mean a box in the image centre: `box_position: center`.
+- `cutmix: false` gives the paper's CFL (§3.1, Eqs. 2-4 on unmixed images, cross argmax pseudo-labels from
+  the same forward pass, no largest-component filter as Eq. 3 has none); with `lambda_dis: 0` it is the
+  paper's CPS baseline of Fig. 6. The paper does not say whether its CPS / CFL runs pre-train: the presets
+  keep the same two stages (pre-training then without CutMix), so the three rows share one schedule.
+- Table 4's first row (L_sup^l only) reports exactly the plain U-Net's Table 2 number, so the paper may have
+  run a single supervised UNet there; preset `cml:sup-only` is CML with lambda_1 = lambda_2 = 0 (two branches,
+  CutMix, two stages), and the plain `supervised` method is the other reading.
+- Pseudo-labels come from a forward pass in train mode (dropout on, BatchNorm statistics updated), as the
+  released code; the paper does not say.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from benchmark.config import ConfigError
+from benchmark.losses import dice_ce_loss, dice_loss_per_sample
+from benchmark.masks import largest_component_per_class
+from benchmark.mixing import Box, box_mask, paste, sample_box
+from benchmark.nets.cml import CoTrainingUNet2D
+from methods.base import METHODS, Labeled, Method, MethodContext, Stage
+
+FIG5_BETA = [1 / 3, 1 / 2, 2 / 3, 5 / 6]
+FIG5_LAMBDA = [0.1, 0.2, 0.5, 1.0]
+
+
+@dataclass
+class CMLConfig:
+    variant: str = "paper"            # paper: two sub-networks | released: one encoder + decoder run twice
+    beta: float = 0.5                 # CutMix box side / image side (ACDC 1/2; LA, BraTS 2/3)
+    lambda_u: float = 0.5             # lambda_1: heterogeneous consistency L_sup^u (ACDC 0.5)
+    lambda_dis: float = 0.1           # lambda_2: feature discrepancy L_dis (ACDC 0.1)
+    pretrain_fraction: float = 1 / 3  # pre-training steps = round(fraction * iterations); 0: no pre-training
+    cutmix: bool = True               # False: CFL (§3.1), no mixing, cross pseudo-labels
+    largest_component: bool = True    # per-class largest connected component of the pseudo-labels
+    box_position: str = "random"      # random (released code) | center
+    dice: str = "per_sample"          # per_sample (released mask_DiceLoss) | ssl4mis
+    ensemble: str = "probs"           # probs: mean softmax (paper) | logits: mean logits (released code)
+
+    def __post_init__(self) -> None:
+        choices = {"variant": ("paper", "released"), "box_position": ("random", "center"),
+                   "dice": ("per_sample", "ssl4mis"), "ensemble": ("probs", "logits")}
+        for name, valid in choices.items():
+            if getattr(self, name) not in valid:
+                raise ConfigError(f"cml: {name} must be one of {', '.join(valid)} (got {getattr(self, name)!r})")
+        if not 0 < self.beta < 1:
+            raise ConfigError(f"cml: beta is the box side fraction and must lie in (0, 1) (got {self.beta})")
+        if self.pretrain_fraction < 0:
+            raise ConfigError(f"cml: pretrain_fraction must be >= 0 (got {self.pretrain_fraction})")
+
+
+def feature_discrepancy(features: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """Eq. 1: 1 + cosine similarity of `features` and the detached `other`, over channels (dim 1) at every
+    position, averaged: 2 for identical, 1 for orthogonal, 0 for opposite features."""
+    return 1 + F.cosine_similarity(features.float(), other.detach().float(), dim=1, eps=1e-6).mean()
+
+
+def heterogeneous_targets(pseudo0: torch.Tensor, pseudo1: torch.Tensor, inside: torch.Tensor
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eq. 9 for the pairs (X_p, X_q) = (first half, second half) of the unlabeled batch. `pseudo_i` (2k, H, W)
+    is branch i's pseudo-label of the whole unmixed batch. Branch i's target: the other branch's label of X_p
+    outside the box, its own label of X_q inside the box."""
+    k = pseudo0.shape[0] // 2
+    return (paste(pseudo1[:k], pseudo0[k:2 * k], inside),
+            paste(pseudo0[:k], pseudo1[k:2 * k], inside))
+
+
+def centred_box(height: int, width: int, side_ratio: float) -> Box:
+    """The box of `sample_box`'s size in the middle of the image."""
+    h, w = int(height * side_ratio), int(width * side_ratio)
+    return Box((height - h) // 2, (width - w) // 2, h, w)
+
+
+def clean_pseudo_labels(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Per image and per foreground class, keep only the largest connected component (the rest -> 0)."""
+    arr = labels.detach().cpu().numpy()
+    out = np.stack([largest_component_per_class(a, range(1, num_classes)) for a in arr])
+    return torch.from_numpy(out).to(labels.device)
+
+
+@METHODS.register("cml", "two sub-networks, feature conflict + CutMix heterogeneous pseudo-labels, pre-train then "
+                         "self-train (CML, ACM MM 2024)")
+class CML(Method):
+    Config = CMLConfig
+    presets = {
+        "released": {"variant": "released", "ensemble": "logits"},  # the released 2D code as it runs
+        # Table 4 (loss ablation); its last row (all three losses) is plain `cml`
+        "sup-only": {"lambda_u": 0.0, "lambda_dis": 0.0},     # L_sup^l
+        "no-unsup": {"lambda_u": 0.0},                        # L_sup^l + L_dis
+        "no-dis": {"lambda_dis": 0.0},                        # L_sup^l + L_sup^u
+        # Fig. 6: CPS -> CFL -> CML (plain `cml`), all in the two-sub-network co-training framework
+        "cps": {"cutmix": False, "largest_component": False, "lambda_dis": 0.0},
+        "cfl": {"cutmix": False, "largest_component": False},
+    }
+    search_grids = {"beta": FIG5_BETA, "lambda_u": FIG5_LAMBDA, "lambda_dis": FIG5_LAMBDA}  # Fig. 5
+    search_space = {name: "choice:" + ",".join(repr(v) for v in grid) for name, grid in search_grids.items()}
+
+    def __init__(self, cfg: CMLConfig, ctx: MethodContext) -> None:
+        super().__init__(cfg, ctx)
+        if ctx.network != "unet":
+            raise ValueError(f"CML builds its own two-branch UNet; network must be 'unet' (got {ctx.network!r})")
+        self.net = CoTrainingUNet2D(ctx.in_channels, ctx.num_classes, shared=cfg.variant == "released")
+        self.optimizer = ctx.make_optimizer(self.net.parameters())
+        self.stage = self.stages()[0].name
+
+    # ---- stages ---------------------------------------------------------------------------------
+    @property
+    def pretrain_iterations(self) -> int:
+        return int(round(self.cfg.pretrain_fraction * self.ctx.iterations))
+
+    def stages(self) -> list[Stage]:
+        selftrain = Stage("selftrain", self.ctx.iterations, init="best_val")
+        if self.pretrain_iterations == 0:
+            return [Stage("selftrain", self.ctx.iterations)]
+        return [Stage("pretrain", self.pretrain_iterations), selftrain]
+
+    def start_stage(self, stage: Stage, index: int) -> None:
+        self.stage = stage.name
+        if index > 0:  # fresh optimiser on the best pre-training weights (see the module docstring)
+            self.optimizer = self.ctx.make_optimizer(self.net.parameters())
+
+    # ---- pieces -----------------------------------------------------------------------------------
+    def sup_loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Eq. 2: 1/2 (CE + Dice)."""
+        if self.cfg.dice == "ssl4mis":
+            return dice_ce_loss(logits, target)
+        logits = logits.float()
+        return 0.5 * (F.cross_entropy(logits, target.long()) + dice_loss_per_sample(logits.softmax(1), target))
+
+    def box(self, x: torch.Tensor) -> torch.Tensor:
+        """One (H, W) mask for the batch: 1 inside the box of side beta x each image side (where M = 0)."""
+        h, w = x.shape[-2:]
+        box = centred_box(h, w, self.cfg.beta) if self.cfg.box_position == "center" else sample_box(h, w, self.cfg.beta)
+        return box_mask(h, w, box, x.device)
+
+    @staticmethod
+    def halves(x: torch.Tensor, what: str) -> tuple[torch.Tensor, torch.Tensor]:
+        k = x.shape[0] // 2
+        if k == 0:
+            raise ValueError(f"CML's CutMix pairs {what} images: the batch needs at least 2 of them")
+        return x[:k], x[k:2 * k]
+
+    def pseudo_labels(self, logits: torch.Tensor) -> torch.Tensor:
+        labels = logits.detach().argmax(1)
+        return clean_pseudo_labels(labels, self.ctx.num_classes) if self.cfg.largest_component else labels
+
+    def branch_losses(self, outputs: tuple[torch.Tensor, ...], targets: tuple[torch.Tensor, torch.Tensor] | None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sum of both branches' L_sup on `targets` (0 without targets), L_dis,0 + L_dis,1) from `self.net`'s
+        outputs."""
+        logits0, logits1, f0, f1 = outputs
+        sup = (self.sup_loss(logits0, targets[0]) + self.sup_loss(logits1, targets[1]) if targets is not None
+               else logits0.new_zeros((), dtype=torch.float32))
+        return sup, feature_discrepancy(f0, f1) + feature_discrepancy(f1, f0)
+
+    def labeled_losses(self, labeled: Labeled) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = labeled
+        if self.cfg.cutmix:  # Eqs. 5-7
+            (xa, xb), (ya, yb), inside = self.halves(x, "labeled"), self.halves(y, "labeled"), self.box(x)
+            x, y = paste(xa, xb, inside), paste(ya, yb, inside)
+        return self.branch_losses(self.net(x), (y, y))
+
+    def unlabeled_losses(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.cfg.cutmix:  # CFL, Eq. 3: each branch learns the other's pseudo-label of the same pass
+            outputs = self.net(u)
+            return self.branch_losses(outputs, (self.pseudo_labels(outputs[1]), self.pseudo_labels(outputs[0])))
+        (up, uq), inside = self.halves(u, "unlabeled"), self.box(u)
+        targets = None
+        if self.cfg.lambda_u != 0:  # (Table 4's L_sup^l + L_dis row needs no pseudo-labels)
+            with torch.no_grad():
+                logits0, logits1, _, _ = self.net(u)
+            targets = heterogeneous_targets(self.pseudo_labels(logits0), self.pseudo_labels(logits1), inside)
+        return self.branch_losses(self.net(paste(up, uq, inside)), targets)
+
+    # ---- the step -----------------------------------------------------------------------------------
+    def train_step(self, labeled: Labeled, unlabeled: torch.Tensor | None, step: int) -> dict[str, torch.Tensor]:
+        cfg = self.cfg
+        sup_l, dis_l = self.labeled_losses(labeled)
+        if self.stage == "pretrain":  # Eq. 11
+            loss = sup_l + cfg.lambda_dis * dis_l
+            self.update(loss, self.optimizer)
+            return {"loss": loss.detach(), "loss_sup_l": sup_l.detach(), "loss_dis": dis_l.detach()}
+        if unlabeled is None:
+            raise ValueError("CML self-training needs unlabeled images in every batch "
+                             "(batch_size > labeled_batch_size)")
+        if cfg.lambda_u == 0 and cfg.lambda_dis == 0:  # Table 4's first row: unlabeled data take no part
+            sup_u = dis_u = sup_l.new_zeros(())
+        else:
+            sup_u, dis_u = self.unlabeled_losses(unlabeled)
+        dis = dis_l + dis_u
+        loss = sup_l + cfg.lambda_u * sup_u + cfg.lambda_dis * dis   # Eq. 4
+        self.update(loss, self.optimizer)
+        return {"loss": loss.detach(), "loss_sup_l": sup_l.detach(), "loss_sup_u": sup_u.detach(),
+                "loss_dis": dis.detach()}
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        logits0, logits1, _, _ = self.net(x)
+        if self.cfg.ensemble == "logits":
+            return (logits0 + logits1) / 2
+        probs = (logits0.float().softmax(1) + logits1.float().softmax(1)) / 2
+        return probs.clamp_min(torch.finfo(probs.dtype).tiny).log()
