@@ -84,6 +84,8 @@ def lsgan_discriminator_loss(real: torch.Tensor, fake: torch.Tensor) -> torch.Te
 def lsgan_generator_loss(fake: torch.Tensor) -> torch.Tensor:
     """Least-squares GAN for the generator: E[(D(fake) - 1)^2] (the fakes should be scored as real)."""
     return ((fake.float() - 1) ** 2).mean()
+
+
 def confidence_mask(probs: torch.Tensor, tau: float) -> tuple[torch.Tensor, torch.Tensor]:
     """FixMatch's pseudo-labels and their mask from softmax `probs` (B,C,H,W): (argmax (B,H,W), max >= tau)."""
     conf, pseudo = probs.max(1)
@@ -94,10 +96,8 @@ def masked_ce_loss(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tenso
                    weight: torch.Tensor | None = None) -> torch.Tensor:
     """Pixel CE kept where `mask` is True (optionally times a per-pixel `weight`), summed and divided by ALL
     pixels (masked ones count as 0), as FixMatch's (1/|B|) sum 1(conf >= tau) CE."""
-    ce = F.cross_entropy(logits.float(), target.long(), reduction="none") * mask.to(torch.float32)
-    if weight is not None:
-        ce = ce * weight
-    return ce.mean()
+    keep = mask.to(torch.float32)
+    return weighted_ce(logits, target, keep if weight is None else keep * weight)
 
 
 def dice_loss_per_sample(probs: torch.Tensor, target: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
