@@ -144,7 +144,7 @@ def test_registration_search_space_and_grids():
 
 
 # ------------------------------------------------------------------------------------ the updates
-def test_step_updates_nets_tokens_and_discriminators_and_released_clips(monkeypatch):
+def test_step_updates_nets_tokens_and_discriminators_and_clips_all_four(monkeypatch):
     torch.manual_seed(0)
     method = AdvMIM(AdvMIMConfig(mask_block=16), ctx(32))
     watched = {name: [p.clone() for p in method.modules()[name].parameters()]
@@ -164,7 +164,10 @@ def test_step_updates_nets_tokens_and_discriminators_and_released_clips(monkeypa
     out = released.train_step(labeled, u, step=0)
     assert clipped == [5.0] * 4   # S, C (with its token), D_s, D_c
     method.train_step(labeled, u, step=0)
-    assert len(clipped) == 4      # the paper variant does not clip
+    assert clipped == [5.0] * 8   # the paper variant clips too (the paper is silent; it diverges without)
+    unclipped = AdvMIM(AdvMIMConfig(mask_block=16, grad_clip=0.0), ctx(32))
+    unclipped.train_step(labeled, u, step=0)
+    assert len(clipped) == 8
     assert out["loss_d_s"].item() < 0.5   # the released D loss is scaled by 0.1 (about 0.1 * 1 at start)
 
 
