@@ -48,6 +48,8 @@ def test_run_logs_to_mlflow_skips_finished_and_tables(tiny_suite, tmp_path, monk
     for key in ("test/best_val/dice", "test/last/dice", "test/best_val/hd95/RV", "val/dice", "train/loss"):
         assert key in run.data.metrics, key
     assert run.data.params["train.iterations"] == "4"
+    counts = {r.data.tags["method"]: r.data.metrics["param_count"] for r in runs}
+    assert counts == {"supervised": 1_813_764, "mean-teacher": 2 * 1_813_764}   # student + EMA teacher
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "cases_best_val.csv", "cases_last.csv"} <= artifacts
     for tag in ("cell_hash", "scoring_hash", "run_dir", "iterations"):

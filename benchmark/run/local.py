@@ -102,7 +102,9 @@ def run_trial(trial: Trial, work_dir: Path, tracker=None, data_root: str | Path 
                           progress=progress, description=trial.name, eval_workers=eval_workers)
         result = trainer.fit()
         flat = {"best_val_dice": result.best_val_dice, "best_step": float(result.best_step),
-                "steps_per_second": result.steps_per_second}
+                "steps_per_second": result.steps_per_second,
+                # every net the method trains (teachers, discriminators, auxiliary heads included): the cost column
+                "param_count": float(sum(p.numel() for m in trainer.method.modules().values() for p in m.parameters()))}
         for ckpt, summary in result.summary.items():
             flat.update({f"test/{ckpt}/{k}": v for k, v in summary.items()})
         if run is not None:
