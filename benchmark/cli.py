@@ -182,7 +182,7 @@ def tune(
     the objective is the validation Dice; writes best.yaml (a suite method_config fragment)."""
     from benchmark import catalog
     from benchmark.track import default_tracking_uri
-    from benchmark.tune import StudySetup, grid_points, parse_grid, parse_space, run_study
+    from benchmark.tune import StudyInterrupted, StudySetup, grid_points, parse_grid, parse_space, run_study
 
     try:
         spec = catalog.get_suite(suite)
@@ -208,6 +208,8 @@ def tune(
                            on_trial=lambda line: console.print(line, highlight=False))
     except (ConfigError, UnknownNameError) as exc:
         _fail(str(exc))
+    except StudyInterrupted as exc:
+        _fail(str(exc), code=1)
     names = sorted({k for r in result.records for k in r.values})
     table_ = Table(title=f"{result.setup.study_name}: {len(result.records)} trial(s), {result.ran} run now",
                    show_header=True, header_style="bold")

@@ -546,11 +546,20 @@ def _fit(setup: StudySetup, searcher, points: list[dict[str, Any]], num_samples:
         run_config = tune.RunConfig(name=f"fit-{setup.study_id}", storage_path=str(setup.study_dir.resolve() / "ray"),
                                     failure_config=tune.FailureConfig(max_failures=0), verbose=0,
                                     callbacks=[_progress_callback(setup.metric, on_trial)])
-        grid = tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config).fit()
+        try:
+            grid = tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config).fit()
+        except RuntimeError as exc:   # Tune's controller gives up when a trial's actor dies (e.g. Ray's OOM killer)
+            raise StudyInterrupted(
+                f"Ray Tune stopped: {_first_line(exc)[:300]}\nThe study is saved; run the same command again to "
+                f"resume it (lower --max-concurrent or raise --cpus-per-trial if a trial ran out of memory)") from exc
         return [(_first_line(r.error), (r.metrics or {}).get("run_id")) for r in grid if r.error is not None]
     finally:
         if started:
             ray.shutdown()
+
+
+class StudyInterrupted(RuntimeError):
+    """Ray Tune aborted the study (a trial's worker died); the study is saved and resumable."""
 
 
 def _first_line(error: BaseException) -> str:

@@ -299,3 +299,25 @@ def test_grid_runs_the_missing_points_once_through_the_cli(disc, ray_session, ti
     # --space values replace the method's grid; a point equal to a finished one is not trained again
     out = runner.invoke(app, [*args, "--space", "radius=0.3,0.4"])
     assert out.exit_code == 0 and "2 trial(s), 1 run now" in out.output, out.output
+
+
+def test_a_dead_trial_worker_ends_the_study_with_a_resumable_message(disc, tiny_suite, tmp_path, monkeypatch):
+    """Ray Tune's controller raises RuntimeError when a trial actor dies (e.g. Ray's OOM killer): the user gets
+    one clear message, not Tune's traceback."""
+    import ray.tune
+
+    from benchmark import tune as tune_module
+
+    class DyingTuner:
+        def __init__(self, *args, **kwargs) -> None:
+            pass
+
+        def fit(self):
+            raise RuntimeError("Caught unexpected exception: 1 worker(s) were killed due to the node running low on memory.")
+
+    monkeypatch.setattr(tune_module, "start_ray", lambda *a, **k: False)
+    monkeypatch.setattr(ray.tune, "Tuner", DyingTuner)
+    setup = make_setup(tiny_suite, tmp_path)
+    with pytest.raises(tune_module.StudyInterrupted, match="run the same command again") as info:
+        tune_module._fit(setup, None, [], 1, "none", 3, 1, 1, 1.0, 0.0, None, None)
+    assert "running low on memory" in str(info.value)
