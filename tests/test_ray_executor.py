@@ -125,6 +125,28 @@ def test_impossible_resources_are_refused_before_training(tiny_card, tmp_path, m
     assert not list(tmp_path.glob("bench_runs/tiny-res/*/last.pt"))
 
 
+def test_tune_giving_up_on_a_dead_worker_fails_the_trials_with_the_reason(tiny_card, tmp_path, monkeypatch):
+    """Ray Tune's controller raises RuntimeError when a trial actor dies (e.g. Ray's OOM killer): the run ends
+    with each unfinished trial FAILED, the reason and how to resume, and exit 1 (no Tune traceback)."""
+    import ray.tune
+
+    class DyingTuner:
+        def __init__(self, *args, **kwargs) -> None:
+            pass
+
+        def fit(self):
+            raise RuntimeError("Caught unexpected exception: 1 worker(s) were killed due to the node running low on memory.")
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(ray.tune, "Tuner", DyingTuner)
+    suite = write_suite(tmp_path, tiny_card, "tiny-dead", ["supervised"], [0])
+    result = runner.invoke(app, ["run", "--suite", str(suite), "--executor", "ray", "--no-track", "--device", "cpu"])
+    assert result.exit_code == 1, result.output
+    assert "0 finished, 0 skipped, 1 failed" in result.output
+    assert "running low on memory" in result.output and "run the command again" in result.output
+
+
 # --------------------------------------------------------------------------------------------- slow
 @pytest.mark.slow
 def test_nine_concurrent_trials_lose_no_metric_and_a_nan_trial_fails_alone(tiny_card, tmp_path, monkeypatch):

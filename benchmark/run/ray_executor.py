@@ -421,18 +421,23 @@ def _run_pending(pending: list[Trial], work_dir: Path, tracker, data_root: str |
             run_config=tune.RunConfig(name=f"{pending[0].suite}-{time.strftime('%Y%m%d-%H%M%S')}",
                                       storage_path=str(work_dir / "ray_results"), verbose=0, callbacks=[board],
                                       failure_config=tune.FailureConfig(max_failures=0)))
-        if settings.live and console is not None:
-            from rich.live import Live
+        aborted = ""
+        try:
+            if settings.live and console is not None:
+                from rich.live import Live
 
-            with Live(get_renderable=board.table, console=console, refresh_per_second=2):
+                with Live(get_renderable=board.table, console=console, refresh_per_second=2):
+                    tuner.fit()
+            else:
                 tuner.fit()
-        else:
-            tuner.fit()
+        except RuntimeError as exc:   # Tune's controller gives up when a trial's actor dies (e.g. Ray's OOM killer)
+            aborted = f"Ray Tune stopped ({str(exc).strip().splitlines()[0][:200]}); "
         outcomes = []
         for index, trial in enumerate(pending):
             outcome = board.outcomes.get(index)
             if outcome is None:       # Ctrl-C, or Tune stopped before the trial reported
-                outcome = Outcome(trial, "FAILED", "interrupted before it finished; run the command again to resume")
+                outcome = Outcome(trial, "FAILED",
+                                  f"{aborted}interrupted before it finished; run the command again to resume")
                 board.orphans.add(index)
             if index in board.orphans and tracker is not None:
                 # run_trial could not mark its run (its process died or was stopped): do it here
