@@ -3,7 +3,6 @@ pseudo-label cleaning, the stage plan, the teacher hand-over + EMA, and a two-st
 import math
 from dataclasses import replace
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
