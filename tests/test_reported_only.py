@@ -1,15 +1,17 @@
 """`bench ls methods --all`: the seed-table methods without an implementation, listed as "reported only"."""
+import os
 import re
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
-from benchmark import catalog
+from benchmark import REPO_ROOT, catalog
 from benchmark.cli import app
 from benchmark.config import ConfigError
 
-PAPERS = Path("/work/shared/papers")
+# the seed papers' markdown copies: $BENCH_PAPERS_DIR, else ../shared/papers beside the repository
+PAPERS = Path(os.environ.get("BENCH_PAPERS_DIR") or Path(REPO_ROOT).parent / "shared" / "papers")
 ISSUE_NAMES = {"sassnet", "dtc", "mcf", "s4cvnet", "medfct", "cnt-b", "diffrect", "cpc-sam", "m-cnt", "caml"}
 
 
