@@ -204,14 +204,8 @@ class AdvMIM(CNNTransformerPair):
         totals = {k: sum(cfg.lambda_adv * v if name.startswith("adv_") else v
                          for name, v in terms.items() if name.endswith(f"_{k}")) for k in logits}
         loss = sum(totals.values())
-        optimizers = {"s": self.transformer_optimizer, **({"c": self.cnn_optimizer} if "c" in logits else {})}
-        for opt in optimizers.values():
-            opt.zero_grad(set_to_none=True)
-        loss.backward()
-        for opt in optimizers.values():
-            self._clip(opt)
-        for opt in optimizers.values():
-            opt.step()
+        optimizers = [self.transformer_optimizer, *([self.cnn_optimizer] if "c" in logits else [])]
+        self.update(loss, *optimizers, max_grad_norm=cfg.grad_clip)
 
         out = {"loss": loss.detach(), **{f"loss_{k}": v.detach() for k, v in totals.items()},
                **{f"loss_{name}": v.detach() for name, v in terms.items()}}
@@ -221,14 +215,6 @@ class AdvMIM(CNNTransformerPair):
             d_loss = lsgan_discriminator_loss(d(real), d(fakes[k].detach()))
             if self.released:
                 d_loss = RELEASED_D_SCALE * d_loss
-            opt.zero_grad(set_to_none=True)
-            d_loss.backward()
-            self._clip(opt)
-            opt.step()
+            self.update(d_loss, opt, max_grad_norm=cfg.grad_clip)
             out[f"loss_d_{k}"] = d_loss.detach()
         return out
-
-    def _clip(self, opt: torch.optim.Optimizer) -> None:
-        if self.cfg.grad_clip > 0:
-            params = [p for group in opt.param_groups for p in group["params"]]
-            torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)

@@ -113,11 +113,18 @@ class Method(ABC):
             m.train(mode)
 
     @staticmethod
-    def update(loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
-        """zero_grad, backward, step."""
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+    def update(loss: torch.Tensor, *optimizers: torch.optim.Optimizer, max_grad_norm: float = 0.0,
+               inputs: list[torch.Tensor] | None = None) -> None:
+        """zero_grad every optimiser, one backward (into `inputs` only, if given), clip each optimiser's
+        gradient norm to `max_grad_norm` (0: no clipping), step every optimiser."""
+        for opt in optimizers:
+            opt.zero_grad(set_to_none=True)
+        loss.backward(inputs=inputs)
+        for opt in optimizers:
+            if max_grad_norm > 0:
+                params = [p for group in opt.param_groups for p in group["params"]]
+                torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+            opt.step()
 
     def consistency_update(self, sup: torch.Tensor, cons: torch.Tensor, step: int,
                            optimizer: torch.optim.Optimizer, name: str = "loss_cons") -> dict[str, torch.Tensor]:

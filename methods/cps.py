@@ -68,11 +68,7 @@ class CPS(Method):
         weight = cfg.consistency_weight(step)
         loss1, loss2 = sup1 + weight * cps1, sup2 + weight * cps2
         loss = loss1 + loss2
-        self.optimizer1.zero_grad(set_to_none=True)
-        self.optimizer2.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer1.step()
-        self.optimizer2.step()
+        self.update(loss, self.optimizer1, self.optimizer2)
         return {"loss": loss.detach(), "loss1": loss1.detach(), "loss2": loss2.detach(),
                 "loss_sup1": sup1.detach(), "loss_sup2": sup2.detach(),
                 "loss_cps1": cps1.detach(), "loss_cps2": cps2.detach(), "cons_weight": torch.tensor(weight)}

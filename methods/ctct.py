@@ -98,11 +98,7 @@ class CTCT(CNNTransformerPair):
         weight = self.cfg.consistency_weight(step)
         loss_cnn, loss_swin = sup_cnn + weight * cross_cnn, sup_swin + weight * cross_swin
         loss = loss_cnn + loss_swin
-        self.cnn_optimizer.zero_grad(set_to_none=True)
-        self.transformer_optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.cnn_optimizer.step()
-        self.transformer_optimizer.step()
+        self.update(loss, self.cnn_optimizer, self.transformer_optimizer)
         return {"loss": loss.detach(), "loss_cnn": loss_cnn.detach(), "loss_transformer": loss_swin.detach(),
                 "loss_sup_cnn": sup_cnn.detach(), "loss_sup_transformer": sup_swin.detach(),
                 "loss_cross_cnn": cross_cnn.detach(), "loss_cross_transformer": cross_swin.detach(),

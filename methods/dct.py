@@ -121,11 +121,8 @@ class DCT(Method):
         dif = soft_cross_entropy(p1, self.model2(adv1)) + soft_cross_entropy(p2, self.model1(adv2))
         ramp = self.ramp(step)
         loss = sup1 + sup2 + cfg.lambda_cot * ramp * cot + cfg.lambda_dif * ramp * dif
-        self.optimizer1.zero_grad(set_to_none=True)
-        self.optimizer2.zero_grad(set_to_none=True)
-        loss.backward(inputs=[*self.model1.parameters(), *self.model2.parameters()])
-        self.optimizer1.step()
-        self.optimizer2.step()
+        self.update(loss, self.optimizer1, self.optimizer2,
+                    inputs=[*self.model1.parameters(), *self.model2.parameters()])
         return {"loss": loss.detach(), "loss_sup1": sup1.detach(), "loss_sup2": sup2.detach(),
                 "loss_cot": cot.detach(), "loss_dif": dif.detach(), "ramp": torch.tensor(ramp)}
 
