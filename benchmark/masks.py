@@ -34,6 +34,14 @@ def largest_component_per_class(labels: np.ndarray, classes: Iterable[int]) -> n
     return out
 
 
+def largest_component_per_slice(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Pseudo-label cleaning of BCP / CML: for each (H, W) label map of a batch and each foreground class
+    1..num_classes-1, keep only the largest 8-connected component (the rest -> background)."""
+    arr = labels.detach().cpu().numpy()
+    out = np.stack([largest_component_per_class(a, range(1, num_classes)) for a in arr])
+    return torch.from_numpy(out).to(labels.device)
+
+
 # ----------------------------------------------------------------------------------------- block masks
 def masked_block_count(n_blocks: int, ratio: float) -> int:
     """ceil(ratio * n_blocks), robust to float noise (0.7 * 10 = 7.000000000000001 must give 7, not 8)."""

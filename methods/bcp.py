@@ -55,13 +55,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NamedTuple
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from benchmark.ema import ema_update, frozen_copy
 from benchmark.losses import dice_loss
-from benchmark.masks import largest_component_per_class
+from benchmark.masks import largest_component_per_slice
 from benchmark.mixing import box_mask, paste, sample_box
 from methods.base import METHODS, Labeled, Method, MethodContext, Stage
 
@@ -125,9 +124,7 @@ def pseudo_labels(logits: torch.Tensor, largest_component: bool = True) -> torch
     labels = logits.argmax(1)
     if not largest_component:
         return labels
-    classes = range(1, logits.shape[1])
-    cleaned = np.stack([largest_component_per_class(s, classes) for s in labels.cpu().numpy()])
-    return torch.from_numpy(cleaned).to(labels.device)
+    return largest_component_per_slice(labels, logits.shape[1])
 
 
 @METHODS.register("bcp", "bidirectional copy-paste: labeled copy-paste pre-training, then EMA-teacher self-training "

@@ -54,13 +54,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from benchmark.config import ConfigError
 from benchmark.losses import dice_ce_loss, dice_loss_per_sample
-from benchmark.masks import largest_component_per_class
+from benchmark.masks import largest_component_per_slice
 from benchmark.mixing import Box, box_mask, paste, sample_box
 from benchmark.nets.cml import CoTrainingUNet2D
 from methods.base import METHODS, Labeled, Method, MethodContext, Stage
@@ -114,13 +113,6 @@ def centred_box(height: int, width: int, side_ratio: float) -> Box:
     """The box of `sample_box`'s size in the middle of the image."""
     h, w = int(height * side_ratio), int(width * side_ratio)
     return Box((height - h) // 2, (width - w) // 2, h, w)
-
-
-def clean_pseudo_labels(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Per image and per foreground class, keep only the largest connected component (the rest -> 0)."""
-    arr = labels.detach().cpu().numpy()
-    out = np.stack([largest_component_per_class(a, range(1, num_classes)) for a in arr])
-    return torch.from_numpy(out).to(labels.device)
 
 
 @METHODS.register("cml", "two sub-networks, feature conflict + CutMix heterogeneous pseudo-labels, pre-train then "
@@ -187,7 +179,7 @@ class CML(Method):
 
     def pseudo_labels(self, logits: torch.Tensor) -> torch.Tensor:
         labels = logits.detach().argmax(1)
-        return clean_pseudo_labels(labels, self.ctx.num_classes) if self.cfg.largest_component else labels
+        return largest_component_per_slice(labels, self.ctx.num_classes) if self.cfg.largest_component else labels
 
     def branch_losses(self, outputs: tuple[torch.Tensor, ...], targets: tuple[torch.Tensor, torch.Tensor] | None
                       ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -16,7 +16,8 @@ from benchmark.nets.cml import CoTrainingUNet2D
 from benchmark.nets.unet import UNet2D
 from benchmark.train import Trainer
 from methods.base import METHODS, Labeled
-from methods.cml import CML, CMLConfig, clean_pseudo_labels, feature_discrepancy, heterogeneous_targets
+from benchmark.masks import largest_component_per_slice
+from methods.cml import CML, CMLConfig, feature_discrepancy, heterogeneous_targets
 from method_helpers import SMOKE, MetricRecorder, method_ctx, tiny_batch
 
 
@@ -138,7 +139,7 @@ def test_pseudo_labels_keep_the_largest_component_of_each_class():
     lab[0, 0:2, 0:2] = 1          # small blob of class 1: removed
     lab[0, 5:9, 5:9] = 1          # large blob of class 1: kept
     lab[0, 0:3, 7:10] = 2         # the only blob of class 2: kept
-    out = clean_pseudo_labels(lab, 4)
+    out = largest_component_per_slice(lab, 4)
     assert out[0, 0:2, 0:2].sum() == 0 and (out[0, 5:9, 5:9] == 1).all() and (out[0, 0:3, 7:10] == 2).all()
     m = CML(CMLConfig(largest_component=False), method_ctx())
     logits = F.one_hot(lab, 4).permute(0, 3, 1, 2).float()
