@@ -341,6 +341,8 @@ def _trainable(config: dict[str, Any], setup: StudySetup) -> None:
     if outcome.status == "FAILED":
         raise RuntimeError(f"trial {trial.name} ({trial.config_hash}) failed: {outcome.detail}")
     run_id = state["run_id"] or tracker.finished_run_id(trial.config_hash)
+    if run_id is None:       # skipped, not finished: another process is training this config
+        raise RuntimeError(f"trial {trial.name} ({trial.config_hash}) {outcome.detail}")
     summary = outcome.summary or tracker.client.get_run(run_id).data.metrics
     if outcome.status == "SKIPPED":
         tracker.client.set_tag(run_id, f"tune_{setup.study_id}", "true")

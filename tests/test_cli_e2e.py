@@ -103,3 +103,22 @@ def test_untracked_run_skips_via_run_dir(tiny_suite, tmp_path, monkeypatch):
     assert "1 finished" in invoke(*args).output
     assert "1 skipped" in invoke(*args).output
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_a_trial_locked_by_another_process_is_skipped_not_trained_twice(tiny_suite, tmp_path, monkeypatch):
+    """Two `bench run` of one suite at once: the second leaves a trial whose run dir is locked alone."""
+    from benchmark import catalog
+    from benchmark.run.local import run_dir_of, trial_lock
+    from benchmark.run.trials import expand
+
+    monkeypatch.chdir(tmp_path)
+    (trial,) = expand(catalog.get_suite(str(tiny_suite)), methods=["supervised"], seeds=[0])
+    run_dir = run_dir_of(trial, tmp_path / "bench_runs")
+    args = ["run", "--suite", str(tiny_suite), "--methods", "supervised", "--seeds", "0", "--no-track",
+            "--device", "cpu", "--executor", "local"]
+    with trial_lock(run_dir):           # what a concurrent `bench run` holds while it trains this trial
+        busy = invoke(*args).output
+        assert "1 skipped" in busy and "another process" in busy
+        assert not (run_dir / "last.pt").exists() and not (run_dir / "result.json").exists()
+    assert "1 finished" in invoke(*args).output       # released (or its holder died): trained once, here
+    assert (run_dir / "result.json").exists()

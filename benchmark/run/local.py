@@ -1,6 +1,7 @@
 """Run trials in this process, one after another: the executor that needs nothing but torch.
 
-Each trial: skip if its hash already FINISHED (MLflow, or a result.json in its run dir when untracked);
+Each trial: skip if its hash already FINISHED (MLflow, or a result.json in its run dir when untracked), or
+if another process holds its run dir's lock (two `bench run` of one suite at once train each trial once);
 else train (resuming from its run dir's last.pt), test, log, and mark FINISHED. A trial that raises is
 marked FAILED with its reason and the others still run.
 """
@@ -10,9 +11,10 @@ import json
 import os
 import socket
 import traceback
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import yaml
 
@@ -32,6 +34,39 @@ class Outcome:
 
 def run_dir_of(trial: Trial, work_dir: Path) -> Path:
     return Path(work_dir) / trial.suite / f"{trial.name}-{trial.config_hash}"
+
+
+class TrialBusy(Exception):
+    """Another process is training this trial (it holds the run dir's lock)."""
+
+
+@contextmanager
+def trial_lock(run_dir: Path) -> Iterator[None]:
+    """Hold `run_dir/.lock` exclusively while training; raise TrialBusy if another process holds it.
+
+    An OS file lock (flock), so it is released when its process dies, even by SIGKILL: a killed run never
+    leaves a stale lock. Where flock does not exist (Windows), no lock is taken.
+    """
+    try:
+        import fcntl
+    except ImportError:      # pragma: no cover - not POSIX
+        yield
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / ".lock", "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            raise TrialBusy(f"being trained by another process ({handle.read().strip() or 'unknown'}); "
+                            f"its results will appear when it finishes") from None
+        handle.truncate(0)
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def describe_device(device) -> str:
@@ -77,11 +112,33 @@ def run_trial(trial: Trial, work_dir: Path, tracker=None, data_root: str | Path 
     Trainer logs (live progress), `extra_tags` are added to the MLflow run (e.g. the Ray node).
     """
     run_dir = run_dir_of(trial, work_dir)
-    result_file = run_dir / "result.json"
+    finished = finished_reason(trial, run_dir, tracker)
+    if finished:
+        return Outcome(trial, "SKIPPED", finished)
+    try:
+        with trial_lock(run_dir):
+            finished = finished_reason(trial, run_dir, tracker)   # another process may have finished it meanwhile
+            if finished:
+                return Outcome(trial, "SKIPPED", finished)
+            return _train_and_test(trial, run_dir, tracker, data_root, device, progress, eval_workers, observer,
+                                   extra_tags)
+    except TrialBusy as busy:
+        return Outcome(trial, "SKIPPED", str(busy))
+
+
+def finished_reason(trial: Trial, run_dir: Path, tracker) -> str:
+    """Why the trial needs no training ('' if it does)."""
     if tracker is not None and tracker.finished_run_id(trial.config_hash):
-        return Outcome(trial, "SKIPPED", "finished run in MLflow")
-    if tracker is None and result_file.exists():
-        return Outcome(trial, "SKIPPED", f"finished: {result_file}")
+        return "finished run in MLflow"
+    if tracker is None and (run_dir / "result.json").exists():
+        return f"finished: {run_dir / 'result.json'}"
+    return ""
+
+
+def _train_and_test(trial: Trial, run_dir: Path, tracker, data_root: str | Path | None, device: str,
+                    progress: bool, eval_workers: int, observer: Callable[[dict[str, float], int], None] | None,
+                    extra_tags: dict[str, str] | None) -> Outcome:
+    result_file = run_dir / "result.json"
     dev = pick_device(device)
     run = None
     try:

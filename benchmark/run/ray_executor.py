@@ -34,7 +34,7 @@ from typing import Any, Callable, Sequence
 
 from benchmark import REPO_ROOT
 from benchmark.config import ConfigError
-from benchmark.run.local import Outcome, run_dir_of, run_trial, supersede_finished
+from benchmark.run.local import Outcome, finished_reason, run_dir_of, run_trial, supersede_finished
 from benchmark.run.trials import Trial
 
 #: GPU share per trial when --gpus-per-trial is not given, by the card's inference mode (2D vs 3D)
@@ -365,10 +365,8 @@ def run_ray(trials: Sequence[Trial], work_dir: Path, tracking_uri: str | None, e
             continue      # the same config twice in one suite trains once
         if force:
             supersede_finished(trial, work_dir, tracker)
-        elif tracker is not None and tracker.finished_run_id(trial.config_hash):
-            outcomes[trial.config_hash] = Outcome(trial, "SKIPPED", "finished run in MLflow")
-        elif tracker is None and (run_dir_of(trial, work_dir) / "result.json").exists():
-            outcomes[trial.config_hash] = Outcome(trial, "SKIPPED", f"finished: {run_dir_of(trial, work_dir)}")
+        elif finished := finished_reason(trial, run_dir_of(trial, work_dir), tracker):
+            outcomes[trial.config_hash] = Outcome(trial, "SKIPPED", finished)
         if trial.config_hash in outcomes:
             if on_outcome:
                 on_outcome(outcomes[trial.config_hash])
