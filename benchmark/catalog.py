@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 from benchmark.config import DATASETS_DIR, SUITES_DIR, ConfigError, DatasetCard, Suite, load_card, load_suite
 from benchmark.registry import Registry, UnknownNameError
@@ -92,6 +93,13 @@ def reported_only(path: Path = REPORTED_ONLY) -> list[dict]:
     if len(set(names)) != len(names):
         raise ConfigError(f"{path}: names repeat: {sorted({n for n in names if names.count(n) > 1})}")
     return entries
+
+
+def expand_method_names(names: Sequence[str]) -> list[str]:
+    """A suite's or the command line's method list with `all` replaced by every registered method, in
+    registry order, each name once (the order of trials and of table rows)."""
+    registered = methods().names()
+    return list(dict.fromkeys(n for name in names for n in (registered if name == "all" else [name])))
 
 
 def describe(kind: str, reported: bool = False) -> list[tuple[str, str]]:

@@ -283,7 +283,7 @@ def table(
     significance: bool = typer.Option(True, "--significance/--no-significance", help="with --layout: Wilcoxon "
                                       "signed-rank per-case test of each cell against the best other row we ran"),
     baseline: Optional[str] = typer.Option(None, help="with --layout: test against this method instead"),
-    cost: bool = typer.Option(True, "--cost/--no-cost", help="with --layout: steps/s, hours and parameters of our runs"),
+    cost: bool = typer.Option(True, "--cost/--no-cost", help="steps/s, hours and parameters of our runs"),
     tracking_uri: Optional[str] = typer.Option(None, help="MLflow URI (default as for run)"),
 ) -> None:
     """Print the suite's results table from MLflow (finished runs only), or a paper's table with ours beside it."""
@@ -300,12 +300,12 @@ def table(
     ckpt = protocol.checkpoint
     if frame.empty:
         _fail(f"no finished runs for suite {spec.name!r} in this tracking store; run `bench run --suite {spec.name}` first", 1)
-    order = catalog.methods().names() if spec.methods == "all" else list(spec.methods)
+    order = catalog.expand_method_names(["all"] if spec.methods == "all" else spec.methods)
     long = order_rows(label_cells(runs_to_long(frame, ckpt)), order)
     if long.empty or not any(c in long for c in ("dice",)):
         _fail(f"no run of suite {spec.name!r} has test metrics for checkpoint {ckpt!r}", 1)
     ctx = TableContext(card.name, protocol.describe(), protocol.hd_units, ckpt, card.classes)
-    _emit(render(long, format.value, ctx, per_class=per_class), out)
+    _emit(render(long, format.value, ctx, per_class=per_class, cost=cost), out)
 
 
 def _emit(text: str, out: Optional[Path]) -> None:

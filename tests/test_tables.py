@@ -106,3 +106,29 @@ def test_configs_of_one_method_are_never_averaged_together():
     md = render(label_cells(pd.concat([frame, extra])), "markdown", CTX)
     assert "sup_c (iters 30000, aaaaaa)" in md and "sup_c (iters 300, bbbbbb)" in md
     assert "| method_a |" in md  # a method with one config keeps its plain name
+
+
+def test_cost_columns_follow_each_method_and_only_fields_the_runs_logged():
+    frame = long_frame()
+    frame["steps_per_second"] = frame["method"].map({"method_a": 2.0, "mean_b": 0.5, "sup_c": 4.0})
+    frame["wall_s"] = frame["method"].map({"method_a": 1800.0, "mean_b": 3600.0, "sup_c": 360.0})
+    frame["device"] = "cpu"
+    md = render(frame, "markdown", CTX, cost=True)
+    header = next(line for line in md.splitlines() if line.startswith("| Method"))
+    assert header.endswith("| n | steps/s | cost (CPU-h) |") and "params" not in header   # no run logged params
+    lines = {line.split("|")[1].strip(): line for line in md.splitlines() if line.startswith("| ") and "---" not in line}
+    assert lines["mean_b"].endswith("| 2 | 0.5 | 2.000 |")       # 2 seeds x 1 h, summed
+    assert lines["sup_c"].endswith("| 2 | 4 | 0.200 |")
+    assert "steps/s" not in render(frame, "markdown", CTX)       # off unless asked
+    back = pd.read_csv(io.StringIO(render(frame, "csv", CTX, cost=True)))
+    assert back.set_index("method").loc["method_a", "steps/s"] == 2.0
+    tex = render(frame, "latex", CTX, cost=True)
+    assert "steps/s" in tex and tex.count(r"\textbf{") == 4    # cost columns are not ranked
+
+
+def test_table_rows_follow_the_suite_order_with_all_expanded():
+    from benchmark import catalog
+
+    names = catalog.expand_method_names(["all", "dct:ssl4mis", "supervised"])
+    registered = catalog.methods().names()
+    assert names[:len(registered)] == registered and names[len(registered):] == ["dct:ssl4mis"]

@@ -24,6 +24,7 @@ import pandas as pd
 
 from benchmark import REPO_ROOT
 from benchmark.config import ConfigError, read_yaml
+from benchmark.report.stats import cost_fields
 
 LEADERBOARD_DIR = REPO_ROOT / "leaderboards"
 ORIENTATIONS = ("columns", "rows", "sweep")
@@ -207,15 +208,8 @@ def runs_to_layout_frame(frame: pd.DataFrame, checkpoint: str) -> pd.DataFrame:
     for col in frame.columns:
         if col.startswith("params.method.") and col != "params.method.name":
             out["cfg." + col[len("params.method."):]] = frame[col]
-    if "metrics.steps_per_second" in frame:
-        out["steps_per_second"] = frame["metrics.steps_per_second"].astype(float)
-    for key in ("metrics.param_count", "metrics.params", "metrics.n_params"):
-        if key in frame:
-            out["params_m"] = frame[key].astype(float) / 1e6
-            break
-    if "start_time" in frame and "end_time" in frame:
-        out["wall_s"] = (pd.to_datetime(frame["end_time"]) - pd.to_datetime(frame["start_time"])).dt.total_seconds()
-    return out.reset_index(drop=True)
+    costs = cost_fields(frame).drop(columns="device", errors="ignore")
+    return pd.concat([out, costs], axis=1).reset_index(drop=True)
 
 
 def _same(a: Any, b: Any) -> bool:

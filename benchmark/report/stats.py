@@ -87,10 +87,28 @@ COST_FIELDS = (("steps/s", "steps_per_second", lambda s: f"{s.mean():.3g}"),
                ("params (M)", "params_m", lambda s: f"{s.mean():.2f}"))
 
 
-def cost_columns(rows: list) -> tuple[list[str], list[list[str]]]:
-    """Cost of our runs per table row: steps/s (mean), hours (wall time summed over the row's runs, labelled
-    CPU-h or GPU-h by the runs' device) and parameters (M); a column only for a field some run logged."""
-    frames = [gr.runs if gr.runs is not None else pd.DataFrame() for gr in rows]
+def cost_fields(frame: pd.DataFrame) -> pd.DataFrame:
+    """The cost of each finished MLflow run (rows as in `frame`): steps_per_second, params_m (every net the
+    method trains), wall_s (run start to end: training, validation and test) and device; absent fields are
+    left out."""
+    out = pd.DataFrame(index=frame.index)
+    if "metrics.steps_per_second" in frame:
+        out["steps_per_second"] = frame["metrics.steps_per_second"].astype(float)
+    for key in ("metrics.param_count", "metrics.params", "metrics.n_params"):
+        if key in frame:
+            out["params_m"] = frame[key].astype(float) / 1e6
+            break
+    if "start_time" in frame and "end_time" in frame:
+        out["wall_s"] = (pd.to_datetime(frame["end_time"]) - pd.to_datetime(frame["start_time"])).dt.total_seconds()
+    if "tags.device" in frame:
+        out["device"] = frame["tags.device"].fillna("").astype(str)
+    return out
+
+
+def cost_table(frames: list[pd.DataFrame]) -> tuple[list[str], list[list[str]]]:
+    """Cost of our runs per table row (one frame of runs each): steps/s (mean), hours (wall time summed over
+    the row's runs, labelled CPU-h or GPU-h by the runs' device) and parameters (M); a column only for a field
+    some run logged."""
     have = pd.concat([f for f in frames if not f.empty]) if any(not f.empty for f in frames) else pd.DataFrame()
     fields = [(name, col, fmt) for name, col, fmt in COST_FIELDS if col in have and have[col].notna().any()]
     names = [f"cost ({_hours_label(have.get('device', pd.Series(dtype=str)))})" if col == "wall_s" else name
@@ -98,3 +116,8 @@ def cost_columns(rows: list) -> tuple[list[str], list[list[str]]]:
     values = [[fmt(f[col].dropna()) if col in f and f[col].notna().any() else "" for _, col, fmt in fields]
               for f in frames]
     return names, values
+
+
+def cost_columns(rows: list) -> tuple[list[str], list[list[str]]]:
+    """`cost_table` of a layout grid's rows."""
+    return cost_table([gr.runs if gr.runs is not None else pd.DataFrame() for gr in rows])

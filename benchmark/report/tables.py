@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from benchmark.metrics import HIGHER_IS_BETTER, METRICS
+from benchmark.report.stats import cost_fields, cost_table
 
 PERCENT = {"dice", "jaccard"}  # shown x100 as in the papers
 LABELS = {"dice": "Dice", "jaccard": "Jaccard", "hd95": "HD95", "asd": "ASD"}
@@ -28,7 +29,8 @@ class TableContext:
 
 
 def runs_to_long(frame: pd.DataFrame, checkpoint: str) -> pd.DataFrame:
-    """One row per finished run: method, labeled_patients, labeled_rows, seed and the metrics of `checkpoint`."""
+    """One row per finished run: method, labeled_patients, labeled_rows, seed, the metrics of `checkpoint` and
+    the run's cost fields (`stats.cost_fields`)."""
     if frame.empty:
         return pd.DataFrame(columns=["method", "cell", "iterations", "labeled_patients", "labeled_rows", "seed", *METRICS])
     prefix = f"metrics.test/{checkpoint}/"
@@ -43,7 +45,7 @@ def runs_to_long(frame: pd.DataFrame, checkpoint: str) -> pd.DataFrame:
     for col in frame.columns:
         if col.startswith(prefix) and not col.endswith("nan_count"):
             out[col[len(prefix):]] = frame[col].astype(float)
-    return out.reset_index(drop=True)
+    return pd.concat([out, cost_fields(frame)], axis=1).reset_index(drop=True)
 
 
 def label_cells(long: pd.DataFrame) -> pd.DataFrame:
@@ -122,31 +124,49 @@ def caption(ctx: TableContext, patients: int, rows: int, n_values: set[int]) -> 
             f"protocol: {ctx.protocol}")
 
 
-def to_markdown(agg: pd.DataFrame, columns: list[str], ctx: TableContext) -> str:
+Costs = tuple[list[str], dict[tuple[int, str], list[str]]]   # column names; (patients, method) -> cells
+
+
+def cost_cells(long: pd.DataFrame) -> Costs:
+    """The cost columns of a table (`stats.cost_table`) for each (labeled patients, method) row."""
+    groups = list(long.groupby(["labeled_patients", "method"], sort=False))
+    names, values = cost_table([g for _, g in groups])
+    return names, {(int(p), m): v for ((p, m), _), v in zip(groups, values)}
+
+
+def _cost_row(costs: Costs | None, patients: int, method: str) -> list[str]:
+    if costs is None:
+        return []
+    return costs[1].get((patients, method), [""] * len(costs[0]))
+
+
+def to_markdown(agg: pd.DataFrame, columns: list[str], ctx: TableContext, costs: Costs | None = None) -> str:
     out = []
+    extra = costs[0] if costs else []
     for patients, rows, lines in _blocks(agg, columns):
         out.append(f"**{caption(ctx, patients, rows, {n for _, n, _ in lines})}**\n")
-        out.append("| Method | " + " | ".join(_header(m, ctx.hd_units) for m in columns) + " | n |")
-        out.append("|---|" + "---:|" * len(columns) + "---:|")
+        out.append("| Method | " + " | ".join([*(_header(m, ctx.hd_units) for m in columns), "n", *extra]) + " |")
+        out.append("|---|" + "---:|" * (len(columns) + 1 + len(extra)))
         for method, n, cells in lines:
             shown = []
             for m in columns:
                 plain, _, r = cells[m]
                 shown.append(f"**{plain}**" if r == 1 else f"<u>{plain}</u>" if r == 2 else plain)
-            out.append(f"| {method} | " + " | ".join(shown) + f" | {n} |")
+            out.append(f"| {method} | " + " | ".join([*shown, str(n), *_cost_row(costs, patients, method)]) + " |")
         out.append("")
     return "\n".join(out)
 
 
-def to_latex(agg: pd.DataFrame, columns: list[str], ctx: TableContext) -> str:
+def to_latex(agg: pd.DataFrame, columns: list[str], ctx: TableContext, costs: Costs | None = None) -> str:
     """booktabs tables through pandas Styler; best \\textbf, second \\underline."""
     out = []
+    extra = costs[0] if costs else []
     for patients, rows, lines in _blocks(agg, columns):
         headers = [_header(m, ctx.hd_units).replace("%", r"\%").replace("↑", r"$\uparrow$").replace("↓", r"$\downarrow$")
                    for m in columns]
-        data = pd.DataFrame([[method, *(cells[m][1] for m in columns), n] for method, n, cells in lines],
-                            columns=["Method", *headers, "n"])
-        rank_frame = pd.DataFrame([[0, *(cells[m][2] for m in columns), 0] for _, _, cells in lines],
+        data = pd.DataFrame([[method, *(cells[m][1] for m in columns), n, *_cost_row(costs, patients, method)]
+                             for method, n, cells in lines], columns=["Method", *headers, "n", *extra])
+        rank_frame = pd.DataFrame([[0, *(cells[m][2] for m in columns), 0, *[0] * len(extra)] for _, _, cells in lines],
                                   columns=data.columns)
 
         def style(col: pd.Series) -> list[str]:
@@ -156,29 +176,34 @@ def to_latex(agg: pd.DataFrame, columns: list[str], ctx: TableContext) -> str:
         styler = data.style.hide(axis="index").apply(style, axis=0, subset=headers)
         styler = styler.format(escape="latex", subset=["Method"])
         cap = caption(ctx, patients, rows, {n for _, n, _ in lines}).replace("±", r"$\pm$").replace("_", r"\_")
-        out.append(styler.to_latex(hrules=True, column_format="l" + "c" * (len(columns) + 1), caption=cap,
+        out.append(styler.to_latex(hrules=True, column_format="l" + "c" * (len(columns) + 1 + len(extra)), caption=cap,
                                    label=f"tab:{ctx.dataset}-{patients}p", position_float="centering"))
     return "\n".join(out)
 
 
-def to_csv(agg: pd.DataFrame, columns: list[str]) -> str:
+def to_csv(agg: pd.DataFrame, columns: list[str], costs: Costs | None = None) -> str:
     flat = agg.copy()
     flat.columns = [f"{m}_{s}" if s else m for m, s in flat.columns]
-    return flat.reset_index().to_csv(index=False)
+    flat = flat.reset_index()
+    for i, name in enumerate(costs[0] if costs else []):
+        flat[name] = [_cost_row(costs, int(p), m)[i] for p, m in zip(flat["labeled_patients"], flat["method"])]
+    return flat.to_csv(index=False)
 
 
-def render(long: pd.DataFrame, fmt: str, ctx: TableContext, per_class: bool = False) -> str:
-    """The table of a suite in `fmt` (markdown, latex, csv)."""
+def render(long: pd.DataFrame, fmt: str, ctx: TableContext, per_class: bool = False, cost: bool = False) -> str:
+    """The table of a suite in `fmt` (markdown, latex, csv); with `cost`, the runs' steps/s, hours and
+    parameters after the metrics (columns only for the fields the runs logged)."""
     columns = [m for m in METRICS if m in long]
     if per_class:
         order = {name: i for i, name in enumerate(ctx.classes)}
         extra = [c for c in long.columns if "/" in c and c.split("/")[0] in METRICS]
         columns += sorted(extra, key=lambda c: (METRICS.index(c.split("/")[0]), order.get(c.split("/")[1], 99), c))
     agg = aggregate(long, columns)
+    costs = cost_cells(long) if cost else None
     if fmt == "markdown":
-        return to_markdown(agg, columns, ctx)
+        return to_markdown(agg, columns, ctx, costs)
     if fmt == "latex":
-        return to_latex(agg, columns, ctx)
+        return to_latex(agg, columns, ctx, costs)
     if fmt == "csv":
-        return to_csv(agg, columns)
+        return to_csv(agg, columns, costs)
     raise ValueError(f"unknown format {fmt!r}; valid formats: markdown, latex, csv")

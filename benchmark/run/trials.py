@@ -63,10 +63,9 @@ def expand(suite: Suite, methods: Sequence[str] | None = None, seeds: Sequence[i
            train_overrides: dict[str, Any] | None = None) -> list[Trial]:
     """Resolve and validate everything a suite names, before any training starts."""
     where = str(suite.path or suite.name)
-    registry = catalog.methods()
     card = catalog.get_card(suite.dataset)
     requested = list(methods) if methods else (["all"] if suite.methods == "all" else list(suite.methods))
-    chosen = list(dict.fromkeys(n for m in requested for n in (registry.names() if m == "all" else [m])))
+    chosen = catalog.expand_method_names(requested)
     classes = {m: catalog.method_class(m) for m in chosen}  # unknown names raise with the valid list
     presets = {m: catalog.preset_overrides(m) for m in chosen}
     for name in (*suite.method_config, *suite.method_train):
