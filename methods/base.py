@@ -114,11 +114,14 @@ class Method(ABC):
 
     @staticmethod
     def update(loss: torch.Tensor, *optimizers: torch.optim.Optimizer, max_grad_norm: float = 0.0,
-               inputs: list[torch.Tensor] | None = None) -> None:
+               inputs: list[torch.Tensor] | None = None, accumulate: bool = False) -> None:
         """zero_grad every optimiser, one backward (into `inputs` only, if given), clip each optimiser's
-        gradient norm to `max_grad_norm` (0: no clipping), step every optimiser."""
-        for opt in optimizers:
-            opt.zero_grad(set_to_none=True)
+        gradient norm to `max_grad_norm` (0: no clipping), step every optimiser. With `accumulate`, the
+        gradients an earlier backward of this step left are kept and this loss's are added to them (a loss
+        backpropagated in parts, to free each part's graph early: the same gradient, less peak memory)."""
+        if not accumulate:
+            for opt in optimizers:
+                opt.zero_grad(set_to_none=True)
         loss.backward(inputs=inputs)
         for opt in optimizers:
             if max_grad_norm > 0:

@@ -218,6 +218,47 @@ def test_ssnet_step_combines_dice_vat_and_separation_and_fills_memory():
     assert all((a is None and b is None) or torch.equal(a, b) for a, b in zip(fresh.memory, ssnet.memory))
 
 
+def test_ssnet_two_part_backward_gives_the_single_backward_gradient():
+    """The step backpropagates the main loss before VAT's passes (peak memory): the gradient must be the
+    reference's one backward of dice + w * (vat + 0.1 * (sep_l + sep_u)), with the same random draws."""
+    import copy
+
+    torch.manual_seed(0)
+    ssnet = SSNet(SSNetConfig(), method_ctx())
+    labeled, u = tiny_batch()
+    ssnet.train_step(labeled, u, step=0)                 # fills the memory, so both separation terms count
+    ours, reference = copy.deepcopy(ssnet), copy.deepcopy(ssnet)
+    ours.optimizer.step = lambda *a, **k: None          # keep the gradient the step leaves, unapplied
+    torch.manual_seed(1)
+    ours.train_step(labeled, u, step=30000)
+
+    torch.manual_seed(1)                                 # the reference: every loss first, then one backward
+    cfg, n = reference.cfg, labeled.image.shape[0]
+    x = torch.cat([labeled.image, u])
+    logits, features = reference.model.forward_with_decoder_features(x)
+    probs = logits.float().softmax(1)
+    from benchmark.losses import dice_loss
+    sup = dice_loss(probs[:n], labeled.label, cfg.dice_smooth)
+    pred = probs.detach().argmax(1)
+    pixels = features.permute(0, 2, 3, 1)
+    correct = (pred[:n] == labeled.label) & (pred[:n] > 0)
+    reference.update_memory(pixels[:n][correct], labeled.label[correct])
+    sep_l = separation_loss(reference.heads.embed(pixels[:n].reshape(-1, 16)), labeled.label.reshape(-1),
+                            reference.memory, reference.heads)
+    sep_u = separation_loss(reference.heads.embed(pixels[n:].reshape(-1, 16)), pred[n:].reshape(-1),
+                            reference.memory, reference.heads)
+    vat = vat_loss(reference.model, x, cfg.xi, cfg.magnitude)
+    reference.optimizer.zero_grad(set_to_none=True)
+    (sup + cfg.consistency_weight(30000) * (vat + 0.1 * (sep_l + sep_u))).backward()
+
+    pairs = list(zip(ours.model.parameters(), reference.model.parameters()))
+    pairs += list(zip(ours.heads.parameters(), reference.heads.parameters()))
+    assert all((a.grad is None) == (b.grad is None) for a, b in pairs)
+    for a, b in pairs:
+        if a.grad is not None:
+            torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-6)
+
+
 def test_ssnet_trainer_smoke(synthetic, tmp_path):
     rec = smoke_run(synthetic, tmp_path, SSNet, SSNetConfig())
     assert all("train/loss_vat" in m and "train/loss_sep_u" in m for m in rec.train.values())
