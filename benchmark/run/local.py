@@ -184,6 +184,27 @@ def _train_and_test(trial: Trial, run_dir: Path, tracker, data_root: str | Path 
         return Outcome(trial, "FAILED", reason)
 
 
+def release_memory() -> None:
+    """Hand what a finished trial freed back to the OS: garbage, the CUDA cache, and the heap pages glibc keeps
+    after `free` (`malloc_trim`; 1.4 GB after one SS-Net step at 12+12 x 256 on CPU, measured). The local
+    executor runs every trial in one process, so without this each trial's peak stacks on the last's leftovers."""
+    import ctypes
+    import ctypes.util
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    libc = ctypes.util.find_library("c")
+    if libc:
+        try:
+            ctypes.CDLL(libc).malloc_trim(0)
+        except AttributeError:      # not glibc (macOS, musl): nothing to trim
+            pass
+
+
 def run_local(trials: Sequence[Trial], work_dir: Path, tracker=None, data_root: str | Path | None = None,
               device: str = "auto", progress: bool = True, force: bool = False,
               on_outcome: Callable[[Outcome], None] | None = None, eval_workers: int = 0) -> list[Outcome]:
@@ -193,6 +214,7 @@ def run_local(trials: Sequence[Trial], work_dir: Path, tracker=None, data_root: 
         if force:
             supersede_finished(trial, work_dir, tracker)
         outcome = run_trial(trial, work_dir, tracker, data_root, device, progress, eval_workers)
+        release_memory()
         outcomes.append(outcome)
         if on_outcome:
             on_outcome(outcome)
