@@ -90,8 +90,10 @@ class Tracker:
         return found[0].info.run_id if found else None
 
     def open_run(self, name: str, config_hash: str, tags: dict[str, str], params: dict[str, Any]) -> "TrackedRun":
-        """Reuse the newest unfinished run of this hash (a resume), else create one."""
-        previous = [r for r in self.runs(config_hash) if r.info.status != "FINISHED"]
+        """Reuse the newest unfinished run of this hash (a resume), else create one. A run that `--force`
+        superseded is history, never resumed: a forced retrain gets a run of its own."""
+        previous = [r for r in self.runs(config_hash)
+                    if r.info.status != "FINISHED" and r.data.tags.get("superseded") != "true"]
         if previous:
             run_id = previous[0].info.run_id
             self.client.update_run(run_id, status="RUNNING")

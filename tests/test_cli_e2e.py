@@ -147,3 +147,23 @@ def test_release_memory_returns_freed_heap_pages_to_the_os():
     release_memory()
     assert rss() < freed - 400e6, "about 640 MB were freed; most should have been returned"
     assert float(kept[0].sum()) == 16_000                    # what is still referenced is untouched
+
+
+def test_force_retrains_into_a_new_run_and_leaves_the_old_one_superseded(tiny_suite, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    args = ["run", "--suite", str(tiny_suite), "--methods", "supervised", "--seeds", "0", "--tracking-uri", uri,
+            "--device", "cpu", "--executor", "local"]
+    assert "1 finished" in invoke(*args).output
+    forced = invoke(*args, "--force")
+    assert forced.exit_code == 0 and "1 finished, 0 skipped" in forced.output
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id], order_by=["attributes.start_time ASC"])
+    assert [r.info.status for r in runs] == ["KILLED", "FINISHED"]            # two runs: history is kept
+    old, new = runs
+    assert old.data.tags["superseded"] == "true" and "superseded" not in new.data.tags
+    assert len(client.get_metric_history(new.info.run_id, "val/dice")) == 2    # the new run's own steps only
+    assert len(client.get_metric_history(old.info.run_id, "val/dice")) == 2
