@@ -95,10 +95,11 @@ def reported_only(path: Path = REPORTED_ONLY) -> list[dict]:
     return entries
 
 
-def expand_method_names(names: Sequence[str]) -> list[str]:
-    """A suite's or the command line's method list with `all` replaced by every registered method, in
-    registry order, each name once (the order of trials and of table rows)."""
-    registered = methods().names()
+def expand_method_names(names: Sequence[str], dims: int | None = None) -> list[str]:
+    """A suite's or the command line's method list with `all` replaced by every registered method (that
+    trains in `dims` spatial dimensions, if given), in registry order, each name once (the order of trials
+    and of table rows)."""
+    registered = [e.name for e in methods() if dims is None or dims in e.obj.dims]
     return list(dict.fromkeys(n for name in names for n in (registered if name == "all" else [name])))
 
 
@@ -120,7 +121,13 @@ def describe(kind: str, reported: bool = False) -> list[tuple[str, str]]:
         return [(n, load_card(p).description) for n, p in _yaml_names(DATASETS_DIR).items()]
     if kind == "suites":
         return [(n, load_suite(p).description) for n, p in _yaml_names(SUITES_DIR).items()]
-    raise UnknownNameError("listing", kind, ["methods", "datasets", "suites"])
+    if kind == "networks":
+        from benchmark.nets import NETWORKS
+
+        return [(e.name, f"{'/'.join(map(str, e.obj.dims))}D, patch axes multiple of {e.obj.multiple}"
+                 f"{', square' if e.obj.square else ''}{', discriminator' if e.obj.role != 'segmentation' else ''}: "
+                 f"{e.description}") for e in NETWORKS]
+    raise UnknownNameError("listing", kind, ["methods", "datasets", "suites", "networks"])
 
 
 def _overrides_text(overrides: dict) -> str:

@@ -23,6 +23,7 @@ class Listing(str, Enum):
     methods = "methods"
     datasets = "datasets"
     suites = "suites"
+    networks = "networks"
 
 
 class Format(str, Enum):
@@ -47,10 +48,10 @@ def _csv(text: Optional[str], cast=str) -> Optional[list]:
 
 
 @app.command("ls")
-def ls(kind: Listing = typer.Argument(..., help="methods, datasets or suites"),
+def ls(kind: Listing = typer.Argument(..., help="methods, datasets, suites or networks"),
        all_: bool = typer.Option(False, "--all", help="methods: also those of the papers' tables that are "
                                                       "reported only (no implementation)")) -> None:
-    """List registered methods, dataset cards or suites with a one-line description."""
+    """List registered methods, dataset cards, suites or networks with a one-line description."""
     from benchmark import catalog
 
     try:
@@ -86,6 +87,8 @@ def run(
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1 ..."),
     force: bool = typer.Option(False, "--force", help="retrain trials that already finished"),
     workers: int = typer.Option(0, help="processes scoring test cases in parallel (0: in this process)"),
+    test_cases: Optional[int] = typer.Option(None, "--test-cases", help="smoke runs: score only the first N test "
+                                             "cases (such runs are tagged and left out of tables)"),
 ) -> None:
     """Train and test every method x labeled setting x seed of a suite; finished trials are skipped."""
     from benchmark import catalog
@@ -103,7 +106,7 @@ def run(
     try:
         spec = catalog.get_suite(suite)
         trials = expand(spec, methods=_csv(methods), seeds=_csv(seeds, int), iterations=iterations,
-                        data_root=data_root)
+                        data_root=data_root, test_cases=test_cases)
         tracker = None
         if not no_track:
             from benchmark.track import Tracker
@@ -263,6 +266,11 @@ def _suite_frame(suite: str, checkpoint: Optional[str], tracking_uri: Optional[s
         if other.any():
             err.print(f"note: {int(other.sum())} finished run(s) scored under another protocol are left out")
         frame = frame[~other]
+    if "tags.smoke_test_cases" in frame and not frame.empty:
+        smoke = frame["tags.smoke_test_cases"].notna() & (frame["tags.smoke_test_cases"] != "")
+        if smoke.any():
+            err.print(f"note: {int(smoke.sum())} smoke run(s) scored on fewer test cases (--test-cases) are left out")
+        frame = frame[~smoke]
     return spec, card, protocol, frame, tracker
 
 

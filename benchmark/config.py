@@ -11,7 +11,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import yaml
 
@@ -61,6 +61,8 @@ def _coerce(value: Any, kind: type | None, where: str) -> Any:
         return value
     if kind is tuple and isinstance(value, list):
         return tuple(value)
+    if kind is tuple and isinstance(value, int) and not isinstance(value, bool):
+        return value  # a shape written as one int (a 2D square): the dataclass expands it
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if kind is int and isinstance(value, float) and value.is_integer():
@@ -84,14 +86,27 @@ def _choice(value: str, valid: tuple[str, ...], where: str) -> str:
 EMPTY_POLICIES = ("worst", "zero_all", "dice0_hd0", "error")
 CHECKPOINT_RULES = ("best_val", "last", "best_test")
 HD_UNITS = ("voxel", "mm")
-FORMATS = ("ssl4mis-h5",)
-INFERENCE = ("slicewise", "sliding_window")
 RESIZE = ("nearest", "bilinear_logits")
+#: inference protocol -> the spatial dims of the net it feeds (slicewise: a 2D net on volumes)
+INFERENCE_DIMS = {"slicewise": 2, "whole_image": 2, "sliding_window": None}
 POSTPROCESS = ("none", "largest_component")
 
 
 def _ints(value: Any) -> tuple[int, ...] | None:
     return None if value is None else tuple(int(v) for v in (value if isinstance(value, (list, tuple)) else [value]))
+
+
+def as_shape(value: int | Sequence[int], dims: int, where: str) -> tuple[int, ...]:
+    """A spatial shape as a tuple of `dims` positive ints; one int stands for a 2D square only."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if dims != 2:
+            raise ConfigError(f"{where}: one integer ({value}) means a 2D square; this card is {dims}D, "
+                              f"give {dims} integers, e.g. {[value] * dims}")
+        value = (value, value)
+    shape = tuple(int(v) for v in value)
+    if len(shape) != dims or any(v < 1 for v in shape):
+        raise ConfigError(f"{where}: expected {dims} positive integers for a {dims}D card (got {list(shape)})")
+    return shape
 
 
 @dataclass(frozen=True)
@@ -107,7 +122,7 @@ class EvaluationProtocol:
     tables mark it as leaking.
     """
 
-    inference: str = "slicewise"        # slicewise (2D nets on 3D volumes) | sliding_window (3D)
+    inference: str = "slicewise"        # slicewise (2D nets on 3D volumes) | sliding_window (n-D) | whole_image (2D images)
     resize: str = "nearest"             # slicewise: nearest (SSL4MIS) | bilinear_logits (UniMatch)
     patch: tuple[int, ...] | None = None   # inference patch; slicewise default = the training patch
     stride: tuple[int, ...] | None = None  # sliding_window only (LA: 18, 18, 4)
@@ -117,7 +132,7 @@ class EvaluationProtocol:
     empty_prediction: str = "worst"
     postprocess: str = "none"           # none | largest_component (per class; SS-Net LA `--nms 1`)
     checkpoint: str = "best_val"        # which checkpoint the table reports (best_val and last are always tested)
-    val_split: str = "val"
+    val_split: str | None = "val"       # None: the card has no validation split (no best-on-val selection)
     test_split: str = "test"
 
     def __post_init__(self) -> None:
@@ -127,8 +142,9 @@ class EvaluationProtocol:
         if self.spacing is not None:
             object.__setattr__(self, "spacing", tuple(float(v) for v in self.spacing))
 
-    def validate(self, where: str, num_classes: int) -> None:
-        _choice(self.inference, INFERENCE, f"{where}.inference")
+    def validate(self, where: str, num_classes: int, spatial_dims: int = 2) -> None:
+        """Check every field against the card: classes, units, and the inference protocol's shapes."""
+        _choice(self.inference, tuple(INFERENCE_DIMS), f"{where}.inference")
         _choice(self.resize, RESIZE, f"{where}.resize")
         _choice(self.hd_units, HD_UNITS, f"{where}.hd_units")
         _choice(self.empty_prediction, EMPTY_POLICIES, f"{where}.empty_prediction")
@@ -139,14 +155,25 @@ class EvaluationProtocol:
             raise ConfigError(f"{where}.classes: foreground classes must lie in 1..{num_classes - 1} (got {list(self.classes)})")
         if self.hd_units == "mm" and not self.spacing:
             raise ConfigError(f"{where}: hd_units is 'mm' but no spacing is given; set evaluation.spacing or use hd_units: voxel")
-        if self.inference == "sliding_window" and not (self.patch and self.stride and len(self.patch) == len(self.stride) == 3):
-            raise ConfigError(f"{where}: sliding_window needs patch and stride of 3 integers each "
-                              f"(LA: patch [112, 112, 80], stride [18, 18, 4])")
-        if self.inference == "sliding_window" and any(not 0 < s <= p for s, p in zip(self.stride, self.patch)):
-            raise ConfigError(f"{where}: stride larger than the patch (or < 1) leaves voxels unseen: "
-                              f"patch {list(self.patch)}, stride {list(self.stride)}")
-        if self.inference == "slicewise" and self.patch is not None and len(set(self.patch)) != 1:
-            raise ConfigError(f"{where}.patch: slicewise inference uses a square patch, give one integer")
+        if self.checkpoint == "best_val" and not self.val_split:
+            raise ConfigError(f"{where}.checkpoint: best_val needs a validation split but val_split is null; "
+                              f"use checkpoint: last (or best_test to reproduce a paper that selected on test)")
+        net_dims = INFERENCE_DIMS[self.inference]
+        if net_dims is not None and net_dims != spatial_dims:
+            raise ConfigError(f"{where}.inference: {self.inference} feeds a {net_dims}D network but the card's "
+                              f"spatial_dims is {spatial_dims}; use sliding_window for {spatial_dims}D networks")
+        if self.patch is not None and len(self.patch) == 1 and spatial_dims == 2:
+            object.__setattr__(self, "patch", self.patch * 2)   # one int: a 2D square
+        if self.patch is not None:
+            as_shape(self.patch, spatial_dims, f"{where}.patch")
+        if self.inference == "sliding_window":
+            example = "LA: patch [112, 112, 80], stride [18, 18, 4]"
+            if not (self.patch and self.stride):
+                raise ConfigError(f"{where}: sliding_window needs patch and stride of {spatial_dims} integers each ({example})")
+            as_shape(self.stride, spatial_dims, f"{where}.stride")
+            if any(not 0 < s <= p for s, p in zip(self.stride, self.patch)):
+                raise ConfigError(f"{where}: stride larger than the patch (or < 1) leaves voxels unseen: "
+                                  f"patch {list(self.patch)}, stride {list(self.stride)}")
 
     @property
     def scoring_hash(self) -> str:
@@ -158,16 +185,20 @@ class EvaluationProtocol:
         return self.checkpoint == "best_test"
 
     def describe(self) -> str:
-        inference = (f"slicewise {self.resize} resize" if self.inference == "slicewise"
-                     else f"sliding window {self.patch} stride {self.stride}")
+        inference = (f"sliding window {self.patch} stride {self.stride}" if self.inference == "sliding_window"
+                     else f"{self.inference.replace('_', ' ')} {self.resize} resize")
         ckpt = "best_test (selected ON THE TEST SET: leaks)" if self.leaks_test else self.checkpoint
         return (f"checkpoint={ckpt}, HD95/ASD in {self.hd_units}s, empty prediction -> {self.empty_prediction}, "
                 f"{inference}, post-processing {self.postprocess}, split={self.test_split}")
 
 
+LABELED_UNITS = ("patient", "case")
+
+
 @dataclass(frozen=True)
 class LabeledRule:
-    """How 'K labeled' maps to rows of the training list: the first rows covering K patients."""
+    """How 'K labeled' maps to rows of the training list: the first rows covering K patients (unit patient:
+    rows are slices named by `patient_pattern`), or the first K rows (unit case: a row is a scan or an image)."""
 
     unit: str = "patient"
     patient_pattern: str = r"^(patient\d+)_"
@@ -175,7 +206,7 @@ class LabeledRule:
     aliases: dict[str, int] = field(default_factory=dict)  # paper names ("3%", "5%") -> patients
 
     def patients(self, setting: int | str, where: str) -> int:
-        """Resolve a labeled setting (patient count or paper alias) to a patient count."""
+        """Resolve a labeled setting (a count of `unit`s or a paper alias) to that count."""
         if isinstance(setting, int) and not isinstance(setting, bool):
             return setting
         text = str(setting).strip()
@@ -183,8 +214,8 @@ class LabeledRule:
             return int(text)
         if text in self.aliases:
             return self.aliases[text]
-        raise ConfigError(f"{where}: unknown labeled setting {setting!r}; use a patient count or one of "
-                          f"{', '.join(f'{k} (= {v} patients)' for k, v in self.aliases.items()) or 'no aliases'}")
+        raise ConfigError(f"{where}: unknown labeled setting {setting!r}; use a {self.unit} count or one of "
+                          f"{', '.join(f'{k} (= {v} {self.unit}s)' for k, v in self.aliases.items()) or 'no aliases'}")
 
 
 @dataclass(frozen=True)
@@ -199,8 +230,15 @@ class DatasetCard:
     labeled: LabeledRule
     evaluation: EvaluationProtocol
     in_channels: int = 1
+    spatial_dims: int = 2          # of the training samples and the nets: 2 (ACDC slices, ISIC images) or 3 (LA)
+    reader: dict[str, Any] = field(default_factory=dict)        # the format's options (e.g. image-folder's folders)
+    pinned_lists: dict[str, str] = field(default_factory=dict)  # split -> a list in the repo the root's must equal
     citation: str = ""
     generator: dict[str, Any] | None = None
+
+    @property
+    def has_val(self) -> bool:
+        return self.splits.get("val") is not None and bool(self.evaluation.val_split)
 
     @property
     def num_classes(self) -> int:
@@ -227,32 +265,54 @@ def parse_card(raw: dict[str, Any], path: Path) -> DatasetCard:
     missing = [k for k in required if k not in raw]
     if missing:
         raise ConfigError(f"{where}: missing required field(s) {', '.join(missing)}; see datasets/acdc.yaml for a complete card")
-    known = {"name", "description", "citation", "format", "root", "generator", "in_channels", "classes",
-             "splits", "labeled", "evaluation"}
+    known = {"name", "description", "citation", "format", "root", "generator", "in_channels", "spatial_dims",
+             "reader", "pinned_lists", "classes", "splits", "labeled", "evaluation"}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ConfigError(f"{where}: unknown field(s) {', '.join(unknown)}; valid fields: {', '.join(sorted(known))}")
-    _choice(raw["format"], FORMATS, f"{where}: format")
+    from benchmark.data.formats import READERS
+
+    _choice(raw["format"], tuple(READERS.names()), f"{where}: format")
+    reader_options = raw.get("reader") or {}
+    if not isinstance(reader_options, dict):
+        raise ConfigError(f"{where}: reader must be a mapping of {raw['format']} options (got {reader_options!r})")
+    build_dataclass(READERS.get(raw["format"]).Options, reader_options, f"{where}: reader")
+    dims = raw.get("spatial_dims", 2)
+    if dims not in (2, 3):
+        raise ConfigError(f"{where}: spatial_dims must be 2 or 3 (got {dims!r})")
     classes = raw["classes"]
     if not isinstance(classes, list) or len(classes) < 2:
         raise ConfigError(f"{where}: classes must be a list of at least 2 names, background first (got {classes!r})")
     if raw.get("root") is None and raw.get("generator") is None:
         raise ConfigError(f"{where}: give either root (a folder under BENCH_DATA_ROOT) or generator (synthetic data)")
     splits = raw["splits"]
-    if not isinstance(splits, dict) or not {"train", "val", "test"} <= set(splits):
-        raise ConfigError(f"{where}: splits must map train, val and test to list files (got {splits!r})")
+    if not isinstance(splits, dict) or not {"train", "test"} <= set(splits) or set(splits) - {"train", "val", "test"}:
+        raise ConfigError(f"{where}: splits must map train, test and optionally val to list files or rules "
+                          f"(got {splits!r}); a card without a validation split sets val: null or leaves it out")
+    splits = {"val": None, **splits}
     lab = dict(raw.get("labeled") or {})
     lab["table"] = {int(k): int(v) for k, v in (lab.get("table") or {}).items()}
     lab["aliases"] = {str(k): int(v) for k, v in (lab.get("aliases") or {}).items()}
     labeled = build_dataclass(LabeledRule, lab, f"{where}: labeled")
+    _choice(labeled.unit, LABELED_UNITS, f"{where}: labeled.unit")
     ev = dict(raw["evaluation"] or {})
+    if splits["val"] is None:
+        ev.setdefault("val_split", None)
     evaluation = build_dataclass(EvaluationProtocol, ev, f"{where}: evaluation")
-    evaluation.validate(f"{where}: evaluation", len(classes))
+    evaluation.validate(f"{where}: evaluation", len(classes), dims)
+    if evaluation.val_split and splits["val"] is None:
+        raise ConfigError(f"{where}: evaluation.val_split is {evaluation.val_split!r} but splits has no val; "
+                          f"set evaluation.val_split: null (and checkpoint: last)")
+    pinned = raw.get("pinned_lists") or {}
+    if not isinstance(pinned, dict) or set(pinned) - set(splits):
+        raise ConfigError(f"{where}: pinned_lists must map split names to list files in the repo (got {pinned!r})")
     return DatasetCard(
         name=str(raw["name"]), description=str(raw.get("description", "")).strip(), path=path,
         format=raw["format"], root=raw.get("root"), classes=tuple(map(str, classes)),
-        splits={k: str(v) for k, v in splits.items()}, labeled=labeled, evaluation=evaluation,
-        in_channels=int(raw.get("in_channels", 1)), citation=str(raw.get("citation", "")).strip(),
+        splits={k: (str(v) if isinstance(v, str) else v) for k, v in splits.items()}, labeled=labeled,
+        evaluation=evaluation, in_channels=int(raw.get("in_channels", 1)), spatial_dims=int(dims),
+        reader=dict(reader_options), pinned_lists={k: str(v) for k, v in pinned.items()},
+        citation=str(raw.get("citation", "")).strip(),
         generator=raw.get("generator"),
     )
 
@@ -275,8 +335,9 @@ class TrainConfig:
     iterations: int = 30000
     batch_size: int = 24
     labeled_batch_size: int = 12
-    patch_size: int = 256
+    patch_size: tuple[int, ...] = (256, 256)   # one int in a suite = a 2D square
     network: str = "unet"
+    network_options: dict[str, Any] = field(default_factory=dict)  # to the default network (e.g. vnet width)
     optimizer: str = "sgd"
     lr: float = 0.01
     momentum: float = 0.9
@@ -291,14 +352,23 @@ class TrainConfig:
     num_workers: int = 2
     amp: str = "auto"                # auto: bf16 autocast on CUDA, fp32 on CPU | off
 
-    def validate(self, where: str) -> None:
+    def __post_init__(self) -> None:
+        if isinstance(self.patch_size, int):
+            object.__setattr__(self, "patch_size", (self.patch_size, self.patch_size))
+        else:
+            object.__setattr__(self, "patch_size", tuple(int(v) for v in self.patch_size))
+
+    @property
+    def spatial_dims(self) -> int:
+        return len(self.patch_size)
+
+    def validate(self, where: str, spatial_dims: int | None = None) -> None:
         if self.iterations < 1:
             raise ConfigError(f"{where}.iterations must be >= 1 (got {self.iterations})")
         if not 0 < self.labeled_batch_size <= self.batch_size:
             raise ConfigError(f"{where}: need 0 < labeled_batch_size <= batch_size "
                               f"(got {self.labeled_batch_size} and {self.batch_size})")
-        if self.patch_size % 16:
-            raise ConfigError(f"{where}.patch_size must be a multiple of 16 for the 4 poolings (got {self.patch_size})")
+        as_shape(self.patch_size, spatial_dims or self.spatial_dims, f"{where}.patch_size")
         _choice(self.optimizer, ("sgd", "adam", "adamw"), f"{where}.optimizer")
         _choice(self.lr_schedule, ("poly", "constant", "step"), f"{where}.lr_schedule")
         _choice(self.amp, ("auto", "off"), f"{where}.amp")

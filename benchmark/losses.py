@@ -7,18 +7,23 @@ import torch
 import torch.nn.functional as F
 
 
+def one_hot(target: torch.Tensor, num_classes: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Integer labels (B, *spatial) -> one-hot (B, C, *spatial) of `dtype`."""
+    return F.one_hot(target.long(), num_classes).movedim(-1, 1).to(dtype)
+
+
 def soft_dice_loss(probs: torch.Tensor, target_probs: torch.Tensor, eps: float = 1e-5,
                    mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Dice between two (B,C,H,W) maps, mean over ALL classes (background included):
+    """Dice between two (B, C, *spatial) maps, mean over ALL classes (background included):
     1 - (2 sum(p t) + eps) / (sum(p^2) + sum(t^2) + eps), per class over the batch. A soft target is allowed
     (SS-Net's VAT distance `softDiceLoss`).
 
-    `mask` ((B,H,W) or (H,W), 0/1 or weights) restricts every sum to the masked pixels (BCP's masked
-    `DiceLoss(..., mask)`: each term multiplied by the mask before summing)."""
-    dims = (0, 2, 3)
+    `mask` ((B, *spatial) or (*spatial), 0/1 or weights) restricts every sum to the masked pixels (BCP's
+    masked `DiceLoss(..., mask)`: each term multiplied by the mask before summing)."""
+    dims = (0, *range(2, probs.dim()))
     if mask is not None:
         m = mask.to(probs.dtype)
-        m = m.unsqueeze(1) if m.dim() == 3 else m
+        m = m.unsqueeze(1) if m.dim() == probs.dim() - 1 else m
         intersect = (probs * target_probs * m).sum(dims)
         denom = (probs * probs * m).sum(dims) + (target_probs * target_probs * m).sum(dims)
     else:
@@ -29,10 +34,9 @@ def soft_dice_loss(probs: torch.Tensor, target_probs: torch.Tensor, eps: float =
 
 def dice_loss(probs: torch.Tensor, target: torch.Tensor, eps: float = 1e-5,
               mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Soft Dice of softmax `probs` (B,C,H,W) against integer `target` (B,H,W): `soft_dice_loss` against the
-    one-hot target (SSL4MIS `DiceLoss`), optionally restricted to `mask`."""
-    onehot = F.one_hot(target.long(), probs.shape[1]).permute(0, 3, 1, 2).to(probs.dtype)
-    return soft_dice_loss(probs, onehot, eps, mask)
+    """Soft Dice of softmax `probs` (B, C, *spatial) against integer `target` (B, *spatial): `soft_dice_loss`
+    against the one-hot target (SSL4MIS `DiceLoss`), optionally restricted to `mask`."""
+    return soft_dice_loss(probs, one_hot(target, probs.shape[1], probs.dtype), eps, mask)
 
 
 def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -43,12 +47,12 @@ def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 def softmax_mse(student_logits: torch.Tensor, teacher_logits: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
     """Squared difference of the two softmax maps (Mean Teacher's consistency): its mean, or with
-    reduction="none" the (B,C,H,W) map (SSL4MIS `softmax_mse_loss`, which UA-MT masks before summing)."""
+    reduction="none" the (B, C, *spatial) map (SSL4MIS `softmax_mse_loss`, which UA-MT masks before summing)."""
     return F.mse_loss(student_logits.float().softmax(1), teacher_logits.float().softmax(1), reduction=reduction)
 
 
 def entropy_map(probs: torch.Tensor, normalise: bool = False, eps: float = 1e-6) -> torch.Tensor:
-    """Per-pixel entropy -sum_c p log(p + eps) of softmax `probs` (B,C,H,W) -> (B,H,W), natural log.
+    """Per-pixel entropy -sum_c p log(p + eps) of softmax `probs` (B, C, *spatial) -> (B, *spatial), natural log.
 
     eps = 1e-6 inside the log as SSL4MIS (`entropy_map`, UA-MT's uncertainty). With normalise=True the map is
     divided by log(C), so a uniform softmax scores ~1 (SSL4MIS `entropy_loss_map`; `entropy_loss` is its mean).
@@ -60,14 +64,14 @@ def entropy_map(probs: torch.Tensor, normalise: bool = False, eps: float = 1e-6)
 
 def pseudo_targets(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """A teaching net's signal for the other net: (argmax labels, max softmax probability = certainty), both
-    (B,H,W) and detached (cross teaching: CTCT, AdvMIM Eqs. 1-2)."""
+    (B, *spatial) and detached (cross teaching: CTCT, AdvMIM Eqs. 1-2)."""
     certainty, labels = logits.detach().float().softmax(1).max(1)
     return labels, certainty
 
 
 def weighted_ce(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None,
                 normalise: bool = False) -> torch.Tensor:
-    """Pixel-wise CE weighted by `weight` (B,H,W): mean(w * CE) (an expectation, AdvMIM Eq. 2), or with
+    """Pixel-wise CE weighted by `weight` (B, *spatial): mean(w * CE) (an expectation, AdvMIM Eq. 2), or with
     normalise=True sum(w * CE) / sum(w) (AdvMIM's released code). Without weights: plain mean CE."""
     ce = F.cross_entropy(logits.float(), target.long(), reduction="none")
     if weight is None:
@@ -87,7 +91,8 @@ def lsgan_generator_loss(fake: torch.Tensor) -> torch.Tensor:
 
 
 def confidence_mask(probs: torch.Tensor, tau: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """FixMatch's pseudo-labels and their mask from softmax `probs` (B,C,H,W): (argmax (B,H,W), max >= tau)."""
+    """FixMatch's pseudo-labels and their mask from softmax `probs` (B, C, *spatial): (argmax (B, *spatial),
+    max >= tau)."""
     conf, pseudo = probs.max(1)
     return pseudo, conf >= tau
 
@@ -101,10 +106,11 @@ def masked_ce_loss(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tenso
 
 
 def dice_loss_per_sample(probs: torch.Tensor, target: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    """Soft Dice with sums per sample and a linear denominator (BCP / CML `mask_DiceLoss`, no weight mask):
+    """Soft Dice of (B, C, *spatial) `probs` against (B, *spatial) `target` with sums per sample and a linear
+    denominator (BCP / CML `mask_DiceLoss`, no weight mask):
     1 - mean over samples and ALL classes (background included) of (2 sum(p t) + eps) / (sum p + sum t + eps)."""
-    onehot = F.one_hot(target.long(), probs.shape[1]).permute(0, 3, 1, 2).to(probs.dtype)
-    dims = (2, 3)
+    onehot = one_hot(target, probs.shape[1], probs.dtype)
+    dims = tuple(range(2, probs.dim()))
     intersect = (probs * onehot).sum(dims)
     denom = probs.sum(dims) + onehot.sum(dims)
     return 1 - ((2 * intersect + eps) / (denom + eps)).mean()

@@ -3,7 +3,7 @@ image modeling): written once, here."""
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -34,9 +34,10 @@ def largest_component_per_class(labels: np.ndarray, classes: Iterable[int]) -> n
     return out
 
 
-def largest_component_per_slice(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Pseudo-label cleaning of BCP / CML: for each (H, W) label map of a batch and each foreground class
-    1..num_classes-1, keep only the largest 8-connected component (the rest -> background)."""
+def largest_component_per_sample(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Pseudo-label cleaning of BCP / CML: for each label map of a (B, *spatial) batch and each foreground
+    class 1..num_classes-1, keep only the largest fully connected component (8-connected in 2D, 26 in 3D; the
+    rest -> background)."""
     arr = labels.detach().cpu().numpy()
     out = np.stack([largest_component_per_class(a, range(1, num_classes)) for a in arr])
     return torch.from_numpy(out).to(labels.device)
@@ -50,21 +51,24 @@ def masked_block_count(n_blocks: int, ratio: float) -> int:
     return math.ceil(round(ratio * n_blocks, 9))
 
 
-def random_block_masks(batch: int, grid: tuple[int, int], ratio: float,
+def random_block_masks(batch: int, grid: Sequence[int], ratio: float,
                        device: torch.device | str = "cpu") -> torch.Tensor:
-    """(batch, gh, gw) boolean masks, each with exactly ceil(ratio * gh * gw) True blocks at random positions,
-    drawn independently per sample from torch's global RNG (SimMIM-style random masking, as AdvMIM)."""
-    gh, gw = grid
-    k = masked_block_count(gh * gw, ratio)
-    order = torch.rand(batch, gh * gw, device=device).argsort(1)
-    masks = torch.zeros(batch, gh * gw, dtype=torch.bool, device=device)
+    """(batch, *grid) boolean masks, each with exactly ceil(ratio * prod(grid)) True blocks at random
+    positions, drawn independently per sample from torch's global RNG (SimMIM-style random masking, as
+    AdvMIM)."""
+    n = math.prod(grid)
+    k = masked_block_count(n, ratio)
+    order = torch.rand(batch, n, device=device).argsort(1)
+    masks = torch.zeros(batch, n, dtype=torch.bool, device=device)
     masks.scatter_(1, order[:, :k], True)
-    return masks.view(batch, gh, gw)
+    return masks.view(batch, *grid)
 
 
-def upsample_block_mask(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Block mask (B, gh, gw) -> (B, H, W) by repeating each block; the grid must divide `size`."""
-    (gh, gw), (h, w) = mask.shape[-2:], size
-    if h % gh or w % gw:
-        raise ValueError(f"mask grid {gh}x{gw} does not divide {h}x{w}")
-    return mask.repeat_interleave(h // gh, -2).repeat_interleave(w // gw, -1)
+def upsample_block_mask(mask: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Block mask (B, *grid) -> (B, *size) by repeating each block; the grid must divide `size` on every axis."""
+    grid = tuple(mask.shape[mask.dim() - len(size):])
+    if any(s % g for s, g in zip(size, grid)):
+        raise ValueError(f"mask grid {'x'.join(map(str, grid))} does not divide {'x'.join(map(str, size))}")
+    for axis, (s, g) in enumerate(zip(size, grid), start=-len(size)):
+        mask = mask.repeat_interleave(s // g, axis)
+    return mask

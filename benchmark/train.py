@@ -33,7 +33,7 @@ from benchmark.config import EvaluationProtocol, TrainConfig
 from benchmark.data.dataset import InMemoryDataset
 from benchmark.data.loader import StepBatches, step_loader
 from benchmark.data.sampling import TwoStreamSchedule
-from benchmark.evaluate import evaluate_cases, summarize, validation_dice
+from benchmark.evaluate import evaluate_cases, make_inferer, summarize, validation_dice
 from benchmark.schedules import lr_factor
 from methods.base import Labeled, Method, MethodContext, Stage
 
@@ -92,7 +92,7 @@ def build_method(method_cls: type[Method], method_cfg: Any, cfg: TrainConfig, in
                  num_classes: int) -> Method:
     """Instantiate a method with its networks and optimisers (the Trainer's and `bench eval`'s one way)."""
     ctx = MethodContext(in_channels, num_classes, cfg.iterations, cfg.network, make_optimizer_factory(cfg),
-                        cfg.patch_size)
+                        tuple(cfg.patch_size), dict(cfg.network_options))
     return method_cls(method_cfg, ctx)
 
 
@@ -105,9 +105,9 @@ def _save_atomic(obj: Any, path: Path) -> None:
 class Trainer:
     def __init__(self, data: InMemoryDataset, method_cls: type[Method], method_cfg: Any, cfg: TrainConfig,
                  labeled_rows: int, seed: int, run_dir: Path, protocol: EvaluationProtocol,
-                 class_names: tuple[str, ...], in_channels: int = 1, logger: RunLogger | None = None,
+                 class_names: tuple[str, ...], in_channels: int | None = None, logger: RunLogger | None = None,
                  device: str = "auto", progress: bool = True, description: str = "train",
-                 eval_workers: int = 0) -> None:
+                 eval_workers: int = 0, test_cases: int | None = None) -> None:
         self.data, self.cfg, self.seed, self.protocol = data, cfg, seed, protocol
         self.class_names = class_names
         self.run_dir = Path(run_dir)
@@ -119,8 +119,11 @@ class Trainer:
         if not 0 < labeled_rows <= n_total:
             raise ValueError(f"labeled_rows must be in 1..{n_total} (got {labeled_rows})")
         self.labeled_rows = labeled_rows
+        self.test_cases = data.test[:test_cases] if test_cases else data.test   # a smoke run scores fewer
+        self.inferer = make_inferer(protocol, cfg.patch_size)
         seed_everything(seed)
-        self.method = build_method(method_cls, method_cfg, cfg, in_channels, len(class_names)).to(self.device)
+        self.method = build_method(method_cls, method_cfg, cfg, in_channels or data.in_channels,
+                                   len(class_names)).to(self.device)
         if method_cls.uses_unlabeled:
             if labeled_rows == n_total:
                 raise ValueError(f"{method_cls.__name__} needs unlabeled data but all {n_total} training rows are labeled")
@@ -134,7 +137,9 @@ class Trainer:
         self.stage_starts = list(np.cumsum([0] + [st.iterations for st in self.stages[:-1]]).tolist())
         self.total_iterations = sum(st.iterations for st in self.stages)
         self.stage_index = 0
-        self.selections = ["best_val"] + (["best_test"] if protocol.checkpoint == "best_test" else [])
+        # no validation split (LA): no best-on-val selection; best_test only where a protocol reproduces it
+        has_val = bool(protocol.val_split) and len(data.val) > 0
+        self.selections = (["best_val"] if has_val else []) + (["best_test"] if protocol.checkpoint == "best_test" else [])
         self.best: dict[str, tuple[float, int]] = {k: (-1.0, -1) for k in self.selections}
         self.val_history: list[tuple[int, float]] = []
         self.base_lrs = {k: [g["lr"] for g in o.param_groups] for k, o in self.method.optimizers().items()}
@@ -169,7 +174,7 @@ class Trainer:
         self.stage_index = index
         stage = self.stages[index]
         self.best = {k: (-1.0, -1) for k in self.selections}
-        if stage.init == "best_val":
+        if stage.init == "best_val" and "best_val" in self.selections:   # without a val split: continue
             weights = torch.load(self.weights_path("best_val", index - 1), map_location=self.device, weights_only=False)
             self.method.load_state_dict(weights, weights_only=True)
         self.method.start_stage(stage, index)
@@ -232,13 +237,14 @@ class Trainer:
     def validate(self, split: str = "val") -> float:
         """Mean Dice on `split` (the checkpoint-selection signal)."""
         self.method.train(False)
-        volumes = self.data.val if split == "val" else self.data.test
-        dice = validation_dice(self._predict, volumes, self.protocol, self.cfg.patch_size, self.device)
+        volumes = self.data.val if split == "val" else self.test_cases
+        dice = validation_dice(self._predict, volumes, self.protocol, self.inferer, self.device)
         self.method.train(True)
         return dice
 
     def _select(self, step: int) -> float:
-        """Evaluate each selection rule's split; keep the weights that improve it. Returns the val Dice."""
+        """Evaluate each selection rule's split; keep the weights that improve it. Returns the val Dice
+        (NaN without a validation split)."""
         dices = {}
         for selection in self.selections:
             split = SELECTION_SPLITS[selection]
@@ -248,8 +254,9 @@ class Trainer:
                 self.best[selection] = (dices[split], step)
                 _save_atomic({"modules": self.method.state_dict()["modules"], "step": step},
                              self.weights_path(selection, self.stage_index))
-        self.val_history.append((step, dices["val"]))
-        return dices["val"]
+        if "val" in dices:
+            self.val_history.append((step, dices["val"]))
+        return dices.get("val", float("nan"))
 
     def fit(self) -> TrainResult:
         resumed = self.load_checkpoint()
@@ -290,7 +297,7 @@ class Trainer:
                     self.logger.log_metrics(metrics, step + 1)
                     bar.update(step + 1, loss=metrics.get("train/loss", float("nan")))
                     sums, window = {}, 0
-                if (step + 1) % cfg.eval_every == 0 or stage_last:
+                if self.selections and ((step + 1) % cfg.eval_every == 0 or stage_last):
                     bar.update(step + 1, val=self._select(step + 1))
                 if stage_last and self.stage_index + 1 < len(self.stages):
                     self._enter_stage(self.stage_index + 1)   # before saving: last.pt resumes in the new stage
@@ -312,12 +319,12 @@ class Trainer:
                 weights = torch.load(self.weights_path(ckpt), map_location=self.device, weights_only=False)
                 self.method.load_state_dict(weights, weights_only=True)
             self.method.train(False)
-            cases[ckpt] = evaluate_cases(self._predict, self.data.test, self.protocol, self.class_names,
-                                         self.cfg.patch_size, self.device, self.eval_workers,
+            cases[ckpt] = evaluate_cases(self._predict, self.test_cases, self.protocol, self.class_names,
+                                         self.inferer, self.device, self.eval_workers,
                                          self.run_dir / f"cases_{ckpt}.csv")
             summary[ckpt] = summarize(cases[ckpt])
         self.method.train(True)
-        best_dice, best_step = self.best["best_val"]
+        best_dice, best_step = self.best.get("best_val", (float("nan"), -1))
         return TrainResult(cases, summary, best_dice, best_step, steps_per_second, wall, self.val_history)
 
 

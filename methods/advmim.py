@@ -63,7 +63,6 @@ from benchmark.config import ConfigError
 from benchmark.losses import (dice_loss, lsgan_discriminator_loss, lsgan_generator_loss, pseudo_targets,
                               weighted_ce)
 from benchmark.masks import random_block_masks, upsample_block_mask
-from benchmark.nets.discriminator import PatchDiscriminator
 from benchmark.nets.unet import CHANNELS
 from methods.base import METHODS, Labeled, MethodContext
 from methods.ctct import CNNTransformerPair
@@ -157,10 +156,10 @@ class AdvMIM(CNNTransformerPair):
             self.cnn_optimizer.add_param_group({"params": list(self.cnn_mask_token.parameters())})
         adv_nets = [k for k in self.masked_nets if cfg.adversarial]
         if "s" in adv_nets:
-            self.discriminator_s = PatchDiscriminator(ctx.num_classes)
+            self.discriminator_s = ctx.build_network("patch-discriminator")
             self.d_optimizer_s = ctx.make_optimizer(self.discriminator_s.parameters())
         if "c" in adv_nets:
-            self.discriminator_c = PatchDiscriminator(ctx.num_classes)
+            self.discriminator_c = ctx.build_network("patch-discriminator")
             self.d_optimizer_c = ctx.make_optimizer(self.discriminator_c.parameters())
 
     def masked_forward(self, net: str, x: torch.Tensor) -> torch.Tensor:

@@ -21,8 +21,8 @@ METHODS: Registry[type["Method"]] = Registry("method")
 
 
 class Labeled(NamedTuple):
-    image: torch.Tensor  # (B, C, H, W)
-    label: torch.Tensor  # (B, H, W) int64
+    image: torch.Tensor  # (B, C, *spatial): (B, C, H, W) or (B, C, D, H, W)
+    label: torch.Tensor  # (B, *spatial) int64
 
 
 @dataclass
@@ -34,11 +34,19 @@ class MethodContext:
     iterations: int
     network: str
     make_optimizer: Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
-    patch_size: int = 256   # the training patch (nets whose shape depends on it, e.g. DAN's discriminator)
+    patch: tuple[int, ...] = (256, 256)   # the training patch (nets whose shape depends on it, e.g. DAN's discriminator)
+    network_options: dict[str, Any] = dataclasses.field(default_factory=dict)  # for the default network
+
+    @property
+    def spatial_dims(self) -> int:
+        return len(self.patch)
 
     def build_network(self, name: str | None = None, **options: Any) -> nn.Module:
-        """The named (default: the Trainer's) network; `options` go to its constructor."""
-        return build_network(name or self.network, self.in_channels, self.num_classes, **options)
+        """The named registered network (default: the Trainer's, with the suite's `network_options`);
+        `options` go to its constructor."""
+        if name is None:
+            name, options = self.network, {**self.network_options, **options}
+        return build_network(name, self.in_channels, self.num_classes, **options)
 
 
 @dataclass
@@ -63,6 +71,11 @@ class Method(ABC):
     """Base class: subclasses set `Config`, build nets/optimisers in __init__, implement train_step/predict.
 
     Optional class attributes:
+    - `dims`: the spatial dimensions it trains in (2: slices and images, 3: volumes); `all` in a suite means
+      every method whose `dims` hold the card's;
+    - `networks`: None if it trains whichever registered network the suite names (`train.network`), else the
+      only values of `train.network` it accepts (a method that builds its own variant of a net);
+    - `also_builds`: other registered networks it trains on the same patch (checked against it too);
     - `presets`: named config overrides (ablation rows, variants), run as `method:preset` in suites and CLI;
     - `search_space`: default `bench tune` space, name -> "uniform:a:b" | "loguniform:a:b" | "int:a:b" |
       "choice:a,b,c";
@@ -72,12 +85,25 @@ class Method(ABC):
     Config: ClassVar[type] = NoConfig
     #: False: batches hold labeled samples only (batch_size of them), as SSL4MIS's fully supervised script.
     uses_unlabeled: ClassVar[bool] = True
+    dims: ClassVar[tuple[int, ...]] = (2,)
+    networks: ClassVar[tuple[str, ...] | None] = None
+    also_builds: ClassVar[tuple[str, ...]] = ()   # further registered nets it trains on the patch (CTCT's Swin-UNet)
     presets: ClassVar[dict[str, dict[str, Any]]] = {}
     search_space: ClassVar[dict[str, str]] = {}
     search_grids: ClassVar[dict[str, list[Any]]] = {}
 
     def __init__(self, cfg: Any, ctx: MethodContext) -> None:
         self.cfg, self.ctx = cfg, ctx
+
+    @classmethod
+    def check(cls, cfg: Any, train: Any, where: str) -> None:
+        """Requirements on the Trainer's settings (`train`, a TrainConfig), checked when a suite is expanded,
+        before any training: raise ConfigError naming the field. The base checks an unlabeled batch."""
+        if cls.uses_unlabeled and train.batch_size <= train.labeled_batch_size:
+            from benchmark.config import ConfigError
+
+            raise ConfigError(f"{where}: this method needs unlabeled images in every batch: batch_size "
+                              f"({train.batch_size}) must exceed labeled_batch_size ({train.labeled_batch_size})")
 
     @abstractmethod
     def train_step(self, labeled: Labeled, unlabeled: torch.Tensor | None, step: int) -> dict[str, torch.Tensor]:
@@ -86,7 +112,7 @@ class Method(ABC):
 
     @abstractmethod
     def predict(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits (B, num_classes, H, W) for inference; called under torch.no_grad() in eval mode."""
+        """Logits (B, num_classes, *spatial) for inference; called under torch.no_grad() in eval mode."""
 
     def stages(self) -> list[Stage]:
         """The training phases; one stage of `ctx.iterations` steps unless a method says otherwise."""

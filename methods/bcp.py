@@ -53,14 +53,15 @@ Departures (none changes the algorithm):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 
+from benchmark.config import ConfigError
 from benchmark.ema import ema_update, frozen_copy
 from benchmark.losses import dice_loss
-from benchmark.masks import largest_component_per_slice
+from benchmark.masks import largest_component_per_sample
 from benchmark.mixing import box_mask, paste, sample_box
 from methods.base import METHODS, Labeled, Method, MethodContext, Stage
 
@@ -73,6 +74,10 @@ class BCPConfig:
     ema_decay: float = 0.99
     largest_component: bool = True     # clean pseudo-labels to each class's largest 2D component (`nms=1`)
     dice_smooth: float = 1e-10         # the reference DiceLoss smoothing term
+
+    def __post_init__(self) -> None:
+        if not 0 < self.pretrain_fraction:
+            raise ConfigError(f"bcp: pretrain_fraction must be > 0 (got {self.pretrain_fraction})")
 
 
 class Mix(NamedTuple):
@@ -124,7 +129,7 @@ def pseudo_labels(logits: torch.Tensor, largest_component: bool = True) -> torch
     labels = logits.argmax(1)
     if not largest_component:
         return labels
-    return largest_component_per_slice(labels, logits.shape[1])
+    return largest_component_per_sample(labels, logits.shape[1])
 
 
 @METHODS.register("bcp", "bidirectional copy-paste: labeled copy-paste pre-training, then EMA-teacher self-training "
@@ -132,10 +137,17 @@ def pseudo_labels(logits: torch.Tensor, largest_component: bool = True) -> torch
 class BCP(Method):
     Config = BCPConfig
 
+    @classmethod
+    def check(cls, cfg: Any, train: Any, where: str) -> None:
+        """Copy-paste needs two images of each kind per batch."""
+        super().check(cfg, train, where)
+        if min(train.labeled_batch_size, train.batch_size - train.labeled_batch_size) < 2:
+            raise ConfigError(f"{where}: bcp pairs images within the labeled and the unlabeled half-batch: "
+                              f"labeled_batch_size and batch_size - labeled_batch_size must both be >= 2 "
+                              f"(got {train.labeled_batch_size} and {train.batch_size - train.labeled_batch_size})")
+
     def __init__(self, cfg: BCPConfig, ctx: MethodContext) -> None:
         super().__init__(cfg, ctx)
-        if not 0 < cfg.pretrain_fraction:
-            raise ValueError(f"bcp: pretrain_fraction must be > 0 (got {cfg.pretrain_fraction})")
         self.model = ctx.build_network()
         self.teacher = frozen_copy(self.model)   # re-initialised from the pre-trained student in start_stage
         self.optimizer = ctx.make_optimizer(self.model.parameters())
@@ -151,8 +163,7 @@ class BCP(Method):
             self.teacher.load_state_dict(self.model.state_dict())
 
     def _box(self, x: torch.Tensor) -> torch.Tensor:
-        h, w = x.shape[-2:]
-        return box_mask(h, w, sample_box(h, w, self.cfg.box_ratio), x.device)
+        return box_mask(x.shape[2:], sample_box(x.shape[2:], self.cfg.box_ratio), x.device)
 
     def train_step(self, labeled: Labeled, unlabeled: torch.Tensor | None, step: int) -> dict[str, torch.Tensor]:
         if self.stage == "pretrain":

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 import torch
 
 from benchmark.losses import dice_ce_loss, softmax_mse
-from benchmark.nets.unet_variants import UNetCCT
 from benchmark.schedules import RampedConsistency
 from methods.base import METHODS, Labeled, Method, MethodContext
 
@@ -37,10 +36,11 @@ def cct_consistency(main_logits: torch.Tensor, aux_logits: list[torch.Tensor]) -
 @METHODS.register("cct", "shared encoder, 3 auxiliary decoders on perturbed features, softmax-MSE to the main decoder (SSL4MIS)")
 class CCT(Method):
     Config = CCTConfig
+    networks = ("unet",)  # builds its own UNet variant, unet-cct
 
     def __init__(self, cfg: CCTConfig, ctx: MethodContext) -> None:
         super().__init__(cfg, ctx)
-        self.model = UNetCCT(ctx.in_channels, ctx.num_classes)
+        self.model = ctx.build_network("unet-cct")
         self.optimizer = ctx.make_optimizer(self.model.parameters())
 
     def train_step(self, labeled: Labeled, unlabeled: torch.Tensor | None, step: int) -> dict[str, torch.Tensor]:

@@ -54,14 +54,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 
 from benchmark.config import ConfigError
 from benchmark.losses import dice_ce_loss, dice_loss_per_sample
-from benchmark.masks import largest_component_per_slice
-from benchmark.mixing import Box, box_mask, paste, sample_box
-from benchmark.nets.cml import CoTrainingUNet2D
+from benchmark.masks import largest_component_per_sample
+from benchmark.mixing import Box, box_mask, box_size, paste, sample_box
 from methods.base import METHODS, Labeled, Method, MethodContext, Stage
 
 FIG5_BETA = [1 / 3, 1 / 2, 2 / 3, 5 / 6]
@@ -109,16 +110,26 @@ def heterogeneous_targets(pseudo0: torch.Tensor, pseudo1: torch.Tensor, inside: 
             paste(pseudo0[:k], pseudo1[k:2 * k], inside))
 
 
-def centred_box(height: int, width: int, side_ratio: float) -> Box:
-    """The box of `sample_box`'s size in the middle of the image."""
-    h, w = int(height * side_ratio), int(width * side_ratio)
-    return Box((height - h) // 2, (width - w) // 2, h, w)
+def centred_box(shape: tuple[int, ...], side_ratio: float) -> Box:
+    """The box of `sample_box`'s size in the middle of the (*spatial) image."""
+    size = box_size(shape, side_ratio)
+    return Box(tuple((s - n) // 2 for s, n in zip(shape, size)), size)
 
 
 @METHODS.register("cml", "two sub-networks, feature conflict + CutMix heterogeneous pseudo-labels, pre-train then "
                          "self-train (CML, ACM MM 2024)")
 class CML(Method):
     Config = CMLConfig
+
+    @classmethod
+    def check(cls, cfg: Any, train: Any, where: str) -> None:
+        """CutMix pairs two images of each kind per batch."""
+        super().check(cfg, train, where)
+        if min(train.labeled_batch_size, train.batch_size - train.labeled_batch_size) < 2:
+            raise ConfigError(f"{where}: cml pairs images within the labeled and the unlabeled half-batch: "
+                              f"labeled_batch_size and batch_size - labeled_batch_size must both be >= 2 "
+                              f"(got {train.labeled_batch_size} and {train.batch_size - train.labeled_batch_size})")
+    networks = ("unet",)  # builds its own UNet variant, cml-unet-2d
     presets = {
         "released": {"variant": "released", "ensemble": "logits"},  # the released 2D code as it runs
         # Table 4 (loss ablation); its last row (all three losses) is plain `cml`
@@ -134,9 +145,7 @@ class CML(Method):
 
     def __init__(self, cfg: CMLConfig, ctx: MethodContext) -> None:
         super().__init__(cfg, ctx)
-        if ctx.network != "unet":
-            raise ValueError(f"CML builds its own two-branch UNet; network must be 'unet' (got {ctx.network!r})")
-        self.net = CoTrainingUNet2D(ctx.in_channels, ctx.num_classes, shared=cfg.variant == "released")
+        self.net = ctx.build_network("cml-unet-2d", shared=cfg.variant == "released")
         self.optimizer = ctx.make_optimizer(self.net.parameters())
         self.stage = self.stages()[0].name
 
@@ -165,10 +174,10 @@ class CML(Method):
         return 0.5 * (F.cross_entropy(logits, target.long()) + dice_loss_per_sample(logits.softmax(1), target))
 
     def box(self, x: torch.Tensor) -> torch.Tensor:
-        """One (H, W) mask for the batch: 1 inside the box of side beta x each image side (where M = 0)."""
-        h, w = x.shape[-2:]
-        box = centred_box(h, w, self.cfg.beta) if self.cfg.box_position == "center" else sample_box(h, w, self.cfg.beta)
-        return box_mask(h, w, box, x.device)
+        """One (*spatial) mask for the batch: 1 inside the box of side beta x each image side (where M = 0)."""
+        shape = x.shape[2:]
+        box = centred_box(shape, self.cfg.beta) if self.cfg.box_position == "center" else sample_box(shape, self.cfg.beta)
+        return box_mask(shape, box, x.device)
 
     @staticmethod
     def halves(x: torch.Tensor, what: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -179,7 +188,7 @@ class CML(Method):
 
     def pseudo_labels(self, logits: torch.Tensor) -> torch.Tensor:
         labels = logits.detach().argmax(1)
-        return largest_component_per_slice(labels, self.ctx.num_classes) if self.cfg.largest_component else labels
+        return largest_component_per_sample(labels, self.ctx.num_classes) if self.cfg.largest_component else labels
 
     def branch_losses(self, outputs: tuple[torch.Tensor, ...], targets: tuple[torch.Tensor, torch.Tensor] | None
                       ) -> tuple[torch.Tensor, torch.Tensor]:

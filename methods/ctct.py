@@ -42,10 +42,12 @@ class CNNTransformerPair(Method):
     (Swin-UNet at the training patch size, ImageNet weights from `cfg.pretrained` if set), one optimiser each.
     `transformer_options` are extra Swin-UNet constructor options (AdvMIM: mask tokens); `build_cnn=False`
     leaves the CNN out (AdvMIM's labeled-only ablation)."""
+    networks = ("unet",)  # the CNN; the transformer is swin-unet
+    also_builds = ("swin-unet",)
 
     def __init__(self, cfg: Any, ctx: MethodContext, build_cnn: bool = True, **transformer_options: Any) -> None:
         super().__init__(cfg, ctx)
-        self.transformer = ctx.build_network("swin-unet", img_size=ctx.patch_size, pretrained=cfg.pretrained,
+        self.transformer = ctx.build_network("swin-unet", img_size=ctx.patch[0], pretrained=cfg.pretrained,
                                              **transformer_options)
         self.transformer_optimizer = ctx.make_optimizer(self.transformer.parameters())
         if build_cnn:

@@ -20,7 +20,7 @@ What the reference does, and this module does too:
 Departure: the reference's adversarial CE target is `DAN_target[:labeled_bs]`, which needs
 labeled_bs == unlabeled_bs (12 + 12 there); here the target has one "labeled" entry per unlabeled image.
 The discriminator's Linear width depends on the training patch size (see `benchmark/nets/discriminator.py`),
-so it is built for the Trainer's patch_size (256 as in the reference) unless `disc_input_size` is set;
+so it is built for the Trainer's patch (256 as in the reference) unless `disc_input_size` is set;
 a mismatch raises.
 """
 from __future__ import annotations
@@ -31,7 +31,6 @@ import torch
 import torch.nn.functional as F
 
 from benchmark.losses import dice_ce_loss
-from benchmark.nets.discriminator import FCDiscriminator
 from benchmark.schedules import RampedConsistency
 from methods.base import METHODS, Labeled, Method, MethodContext
 
@@ -63,7 +62,7 @@ class DAN(Method):
     def __init__(self, cfg: DANConfig, ctx: MethodContext) -> None:
         super().__init__(cfg, ctx)
         self.model = ctx.build_network()
-        self.discriminator = FCDiscriminator(ctx.num_classes, ctx.in_channels, input_size=cfg.disc_input_size or ctx.patch_size)
+        self.discriminator = ctx.build_network("fc-discriminator", input_size=cfg.disc_input_size or ctx.patch[0])
         self.optimizer = ctx.make_optimizer(self.model.parameters())
         self.d_optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=cfg.d_lr,
                                             betas=(cfg.d_beta1, cfg.d_beta2))

@@ -2,7 +2,7 @@
 
 Paper variant (default), per pixel instead of per image:
 - weak view  x^w = random left-right flip of the loader's (already augmented) unlabeled image;
-- strong view x^s = colour transform (brightness/contrast jitter, p 0.8) + Gaussian blur (p 0.5) of x^w, then
+- strong view x^s = colour transform (brightness/contrast jitter, + saturation on RGB input, p 0.8) + Gaussian blur (p 0.5) of x^w, then
   CutMix (p 0.5, box area 2-40 %, aspect 0.3-3.3) with another unlabeled image of the batch;
 - pseudo-label = argmax of the weak prediction (no gradient), mixed by the same CutMix box; the unsupervised
   loss counts only pixels whose weak max probability is >= tau (0.95, the paper's value);
@@ -35,6 +35,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from benchmark.config import ConfigError
 from benchmark.data.device_augment import colour_jitter, gaussian_blur, random_flip
 from benchmark.losses import confidence_mask, dice_ce_loss, dice_loss, masked_ce_loss
 from benchmark.mixing import cutmix_masks, paste
@@ -50,6 +51,7 @@ class WeakStrongConfig:
     colour_p: float = 0.8        # probability of the colour jitter
     brightness: float = 0.5
     contrast: float = 0.5
+    saturation: float = 0.5      # RGB input only (UniMatch's ColorJitter 0.5); grey images have none
     blur_p: float = 0.5
     cutmix_p: float = 0.5
     cutmix_area_min: float = 0.02
@@ -66,7 +68,7 @@ class StrongView(NamedTuple):
         box = self.box
         if box.shape[-2:] != target.shape[-2:]:
             box = F.interpolate(box[:, None].float(), size=target.shape[-2:], mode="nearest")[:, 0].bool()
-        return paste(target, target[self.partner], box)
+        return paste(target, target[self.partner], box, spatial_dims=box.dim() - 1)
 
 
 def weak_view(x: torch.Tensor, cfg: WeakStrongConfig) -> torch.Tensor:
@@ -76,13 +78,14 @@ def weak_view(x: torch.Tensor, cfg: WeakStrongConfig) -> torch.Tensor:
 def strong_view(weak: torch.Tensor, cfg: WeakStrongConfig, cutmix: bool = True,
                 generator: torch.Generator | None = None) -> StrongView:
     """Colour jitter + blur of the weak view, then CutMix with a random partner of the batch."""
-    x = colour_jitter(weak, cfg.brightness, cfg.contrast, cfg.colour_p, generator)
+    x = colour_jitter(weak, cfg.brightness, cfg.contrast, cfg.colour_p, generator, saturation=cfg.saturation)
     x = gaussian_blur(x, cfg.blur_p, generator=generator)
-    n, (h, w) = x.shape[0], x.shape[-2:]
+    n = x.shape[0]
     partner = torch.randperm(n, generator=generator).to(x.device)
     p = cfg.cutmix_p if cutmix else 0.0
-    box = cutmix_masks(n, h, w, p, (cfg.cutmix_area_min, cfg.cutmix_area_max), generator=generator, device=x.device)
-    return StrongView(paste(x, x[partner], box), box, partner)
+    box = cutmix_masks(n, x.shape[2:], p, (cfg.cutmix_area_min, cfg.cutmix_area_max), generator=generator,
+                       device=x.device)
+    return StrongView(paste(x, x[partner], box, spatial_dims=box.dim() - 1), box, partner)
 
 
 def unsupervised_loss(kind: str, logits_s: torch.Tensor, pseudo: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -106,6 +109,12 @@ class FixMatchConfig(WeakStrongConfig, RampedConsistency):
     # consistency / consistency_rampup / rampup_unit (RampedConsistency): the ssl4mis variant's weight only
     ssl4mis_tau: float = 0.8
     ssl4mis_jitter: float = 0.8
+
+    def __post_init__(self) -> None:
+        if self.variant not in ("paper", "ssl4mis"):
+            raise ConfigError(f"fixmatch: variant must be paper or ssl4mis (got {self.variant!r})")
+        if self.unsup_loss not in ("ce", "dice", "ce+dice"):
+            raise ConfigError(f"fixmatch: unsup_loss must be ce, dice or ce+dice (got {self.unsup_loss!r})")
 
 
 def ssl4mis_pseudo_labels(probs_w: torch.Tensor, tau: float) -> torch.Tensor:
@@ -135,8 +144,6 @@ class FixMatch(Method):
 
     def __init__(self, cfg: FixMatchConfig, ctx: MethodContext) -> None:
         super().__init__(cfg, ctx)
-        if cfg.variant not in ("paper", "ssl4mis"):
-            raise ValueError(f"fixmatch variant must be paper or ssl4mis (got {cfg.variant!r})")
         self.model = ctx.build_network()
         self.optimizer = ctx.make_optimizer(self.model.parameters())
 

@@ -29,7 +29,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from benchmark.nets.mcnet import MCNet2D
 from benchmark.schedules import RampedConsistency
 from methods.base import METHODS, Labeled, Method, MethodContext
 
@@ -67,12 +66,11 @@ def mutual_consistency(probs: list[torch.Tensor], temperature: float, detach_tar
 @METHODS.register("mc-net", "one encoder, bilinear + transposed-conv decoders, MSE to each other's sharpened softmax (MC-Net)")
 class MCNet(Method):
     Config = MCNetConfig
+    networks = ("unet",)  # builds its own UNet variant, mcnet-2d
 
     def __init__(self, cfg: MCNetConfig, ctx: MethodContext) -> None:
         super().__init__(cfg, ctx)
-        if ctx.network != "unet":
-            raise ValueError(f"MC-Net builds its own two-decoder UNet; network must be 'unet' (got {ctx.network!r})")
-        self.model = MCNet2D(ctx.in_channels, ctx.num_classes)
+        self.model = ctx.build_network("mcnet-2d")
         self.optimizer = ctx.make_optimizer(self.model.parameters())
 
     def train_step(self, labeled: Labeled, unlabeled: torch.Tensor | None, step: int) -> dict[str, torch.Tensor]:

@@ -28,6 +28,7 @@ class MeanTeacherConfig(RampedConsistency):
 @METHODS.register("mean-teacher", "EMA teacher, noisy teacher input, softmax-MSE consistency ramped to 0.1 (SSL4MIS)")
 class MeanTeacher(Method):
     Config = MeanTeacherConfig
+    dims = (2, 3)   # 2D slices / images or 3D volumes, with whichever registered net the suite names
     # `bench tune` defaults: ranges around SSL4MIS's values (consistency 0.1, ema_decay 0.99, lr 0.01)
     search_space = {"consistency": "loguniform:0.01:1.0", "ema_decay": "choice:0.99,0.995,0.999",
                     "lr": "loguniform:0.001:0.1"}

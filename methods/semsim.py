@@ -81,8 +81,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from benchmark.config import ConfigError
 from benchmark.losses import confidence_mask, dice_ce_loss, dice_loss, masked_ce_loss
-from benchmark.nets.unet import UNet2D
 from methods.base import METHODS, Labeled, Method, MethodContext
 from methods.fixmatch import WeakStrongConfig, strong_view, weak_view
 
@@ -271,6 +271,15 @@ class SemSimConfig(WeakStrongConfig):
     feature_dropout: float = 0.5     # channel dropout on the strong views' encoder features
     detach_prototypes: bool = False
 
+    def __post_init__(self) -> None:
+        problems = [f"{k} must be one of {v} (got {getattr(self, k)!r})" for k, v in
+                    (("fusion", ("sfm", "plain")), ("region_layout", ("per_side", "total")),
+                     ("refine_on", ("probs", "logits"))) if getattr(self, k) not in v]
+        if not self.streams_u or min(self.streams_u, default=1) < 1 or min(self.stream_intra, self.stream_cross) < 1:
+            problems.append("strong streams are numbered from 1 and streams_u must not be empty")
+        if problems:
+            raise ConfigError("semsim: " + "; ".join(problems))
+
 
 def _table_iv(intra: bool, cross: bool, u: bool) -> dict[str, bool]:
     return {"use_intra": intra, "use_cross": cross, "use_u": u}
@@ -279,6 +288,7 @@ def _table_iv(intra: bool, cross: bool, u: bool) -> dict[str, bool]:
 @METHODS.register("semsim", "FixMatch + intra-image affinity + cross-image prototype consistency + SFM (Xie et al. 2024)")
 class SemSim(Method):
     Config = SemSimConfig
+    networks = ("unet",)  # fuses the plain UNet's encoder features
     presets = {
         # Table IV (ACDC 1 case): which of L_intra, L_cross, L_u are on
         "t4-1": _table_iv(False, False, True), "t4-2": _table_iv(True, False, False),
@@ -303,16 +313,7 @@ class SemSim(Method):
 
     def __init__(self, cfg: SemSimConfig, ctx: MethodContext) -> None:
         super().__init__(cfg, ctx)
-        problems = [f"{k} must be one of {v} (got {getattr(cfg, k)!r})" for k, v in
-                    (("fusion", ("sfm", "plain")), ("region_layout", ("per_side", "total")),
-                     ("refine_on", ("probs", "logits"))) if getattr(cfg, k) not in v]
-        if not cfg.streams_u or min(cfg.streams_u, default=1) < 1 or min(cfg.stream_intra, cfg.stream_cross) < 1:
-            problems.append("strong streams are numbered from 1 and streams_u must not be empty")
-        if problems:
-            raise ValueError("semsim: " + "; ".join(problems))
         self.model = ctx.build_network()
-        if not isinstance(self.model, UNet2D):
-            raise ValueError(f"semsim needs the plain UNet's encoder features (network 'unet'), got {ctx.network!r}")
         widths = tuple(self.model.encoder.blocks[i][0].out_channels for i in FUSED_LEVELS)
         self.fusion = (SpatialFusion(widths, cfg.dim, cfg.sfm_heads, cfg.sfm_mlp_ratio, cfg.sfm_depth, cfg.sfm_window)
                        if cfg.fusion == "sfm" else PlainFusion(widths, cfg.dim))

@@ -47,7 +47,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmark.losses import dice_loss, soft_dice_loss
-from benchmark.nets.unet import UNet2D
 from benchmark.schedules import RampedConsistency
 from methods.base import METHODS, Labeled, Method, MethodContext
 
@@ -140,12 +139,11 @@ def separation_loss(features: torch.Tensor, labels: torch.Tensor, memory: list[t
 @METHODS.register("ss-net", "VAT smoothness + class-wise prototype pull on decoder features, Dice only (SS-Net)")
 class SSNet(Method):
     Config = SSNetConfig
+    networks = ("unet",)  # uses the SSL4MIS UNet's decoder features
 
     def __init__(self, cfg: SSNetConfig, ctx: MethodContext) -> None:
         super().__init__(cfg, ctx)
-        if ctx.network != "unet":
-            raise ValueError(f"SS-Net uses the SSL4MIS UNet's decoder features; network must be 'unet' (got {ctx.network!r})")
-        self.model = UNet2D(ctx.in_channels, ctx.num_classes)
+        self.model = ctx.build_network("unet")
         self.heads = SSNetHeads(ctx.num_classes)
         self.optimizer = ctx.make_optimizer(chain(self.model.parameters(), self.heads.parameters()))
         self.memory: list[torch.Tensor | None] = [None] * ctx.num_classes

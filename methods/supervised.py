@@ -1,4 +1,5 @@
-"""Supervised baseline: the labeled slices only (SSL4MIS `train_fully_supervised_2D.py`)."""
+"""Supervised baseline: the labeled samples only (SSL4MIS `train_fully_supervised_2D.py`; in 3D the same loss on
+volumes, as UA-MT's LA baseline)."""
 from __future__ import annotations
 
 import torch
@@ -10,6 +11,7 @@ from methods.base import METHODS, Labeled, Method, MethodContext, NoConfig
 @METHODS.register("supervised", "labeled slices only, loss 0.5*(CE+Dice); the lower bound of every table")
 class Supervised(Method):
     uses_unlabeled = False
+    dims = (2, 3)   # any registered segmentation net: UNet-2D on slices / images, V-Net on volumes
 
     def __init__(self, cfg: NoConfig, ctx: MethodContext) -> None:
         super().__init__(cfg, ctx)

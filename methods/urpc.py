@@ -26,7 +26,6 @@ import torch
 import torch.nn.functional as F
 
 from benchmark.losses import dice_ce_loss
-from benchmark.nets.unet_variants import UNetURPC
 from benchmark.schedules import RampedConsistency
 from methods.base import METHODS, Labeled, Method, MethodContext
 
@@ -52,10 +51,11 @@ def rectified_consistency(logits: list[torch.Tensor]) -> torch.Tensor:
 @METHODS.register("urpc", "deep supervision at 4 scales, KL-uncertainty-rectified consistency to the mean prediction (SSL4MIS)")
 class URPC(Method):
     Config = URPCConfig
+    networks = ("unet",)  # builds its own UNet variant, unet-urpc
 
     def __init__(self, cfg: URPCConfig, ctx: MethodContext) -> None:
         super().__init__(cfg, ctx)
-        self.model = UNetURPC(ctx.in_channels, ctx.num_classes)
+        self.model = ctx.build_network("unet-urpc")
         self.optimizer = ctx.make_optimizer(self.model.parameters())
 
     def train_step(self, labeled: Labeled, unlabeled: torch.Tensor | None, step: int) -> dict[str, torch.Tensor]:

@@ -18,19 +18,19 @@ from method_helpers import SMOKE, MetricRecorder, method_ctx, tiny_batch
 # --------------------------------------------------------------------------------------------- mixing
 def test_sample_box_has_the_ratio_size_and_never_touches_the_far_border():
     g = torch.Generator().manual_seed(0)
-    boxes = [sample_box(12, 9, 2 / 3, g) for _ in range(400)]
-    assert {(b.height, b.width) for b in boxes} == {(8, 6)}
-    tops, lefts = {b.top for b in boxes}, {b.left for b in boxes}
+    boxes = [sample_box((12, 9), 2 / 3, g) for _ in range(400)]
+    assert {b.size for b in boxes} == {(8, 6)}
+    tops, lefts = {b.start[0] for b in boxes}, {b.start[1] for b in boxes}
     assert tops == set(range(0, 4)) and lefts == set(range(0, 3))  # [0, H - h): 12 - 8 = 4 excluded
-    assert sample_box(6, 6, 1.0, g) == Box(0, 0, 6, 6)
+    assert sample_box((6, 6), 1.0, g) == Box((0, 0), (6, 6))
     with pytest.raises(ValueError):
-        sample_box(6, 6, 0.0, g)
+        sample_box((6, 6), 0.0, g)
     with pytest.raises(ValueError):
-        sample_box(2, 2, 0.3, g)
+        sample_box((2, 2), 0.3, g)
 
 
 def test_box_mask_and_paste_put_the_foreground_in_the_box_for_images_and_labels():
-    mask = box_mask(6, 5, Box(1, 2, 3, 2))
+    mask = box_mask((6, 5), Box((1, 2), (3, 2)))
     assert mask.sum() == 6 and mask[1:4, 2:4].eq(1).all()
     bg, fg = torch.zeros(2, 1, 6, 5), torch.ones(2, 1, 6, 5)
     mixed = paste(bg, fg, mask)
@@ -49,7 +49,7 @@ def label_map(value: int, n: int = 2, size: int = 8) -> torch.Tensor:
 
 
 def test_mixed_images_and_labels_follow_the_box_in_both_directions():
-    mask = box_mask(8, 8, Box(2, 3, 4, 4))
+    mask = box_mask((8, 8), Box((2, 3), (4, 4)))
     inside = mask.bool()
     la, lb = Labeled(constant(1.0), label_map(1)), Labeled(constant(2.0), label_map(2))
     ua, ub = constant(3.0), constant(4.0)
@@ -68,7 +68,7 @@ def test_mixed_images_and_labels_follow_the_box_in_both_directions():
 
 def test_mix_loss_scores_each_region_against_its_own_target_with_its_weight():
     torch.manual_seed(0)
-    mask = box_mask(8, 8, Box(2, 2, 4, 4))
+    mask = box_mask((8, 8), Box((2, 2), (4, 4)))
     inside = mask.bool().expand(2, 8, 8)
     outside_t, inside_t = torch.randint(0, 4, (2, 8, 8)), torch.randint(0, 4, (2, 8, 8))
     logits = torch.randn(2, 4, 8, 8)

@@ -16,7 +16,7 @@ from benchmark.nets.cml import CoTrainingUNet2D
 from benchmark.nets.unet import UNet2D
 from benchmark.train import Trainer
 from methods.base import METHODS, Labeled
-from benchmark.masks import largest_component_per_slice
+from benchmark.masks import largest_component_per_sample
 from methods.cml import CML, CMLConfig, feature_discrepancy, heterogeneous_targets
 from method_helpers import SMOKE, MetricRecorder, method_ctx, tiny_batch
 
@@ -110,7 +110,7 @@ def test_labeled_cutmix_mixes_images_and_labels_with_one_box():
 def test_heterogeneous_pseudo_label_follows_eq9():
     """Eq. 9 with M = 0 in the box: target_i = other branch's label of X_p outside, own label of X_q inside."""
     k, size = 2, 8
-    inside = box_mask(size, size, sample_box(size, size, 0.5)).bool()
+    inside = box_mask((size, size), sample_box((size, size), 0.5)).bool()
     # a distinct value for each (branch, image half): branch 0 labels X_p 1, X_q 2; branch 1 labels X_p 3, X_q 0
     pseudo0 = torch.cat([torch.full((k, size, size), 1), torch.full((k, size, size), 2)])
     pseudo1 = torch.cat([torch.full((k, size, size), 3), torch.full((k, size, size), 0)])
@@ -139,7 +139,7 @@ def test_pseudo_labels_keep_the_largest_component_of_each_class():
     lab[0, 0:2, 0:2] = 1          # small blob of class 1: removed
     lab[0, 5:9, 5:9] = 1          # large blob of class 1: kept
     lab[0, 0:3, 7:10] = 2         # the only blob of class 2: kept
-    out = largest_component_per_slice(lab, 4)
+    out = largest_component_per_sample(lab, 4)
     assert out[0, 0:2, 0:2].sum() == 0 and (out[0, 5:9, 5:9] == 1).all() and (out[0, 0:3, 7:10] == 2).all()
     m = CML(CMLConfig(largest_component=False), method_ctx())
     logits = F.one_hot(lab, 4).permute(0, 3, 1, 2).float()

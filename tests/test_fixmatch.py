@@ -37,22 +37,22 @@ def test_masked_losses_ignore_masked_pixels_and_equal_plain_dice_when_all_kept()
 def test_rectangular_box_fits_and_has_the_requested_sides():
     g = torch.Generator().manual_seed(0)
     for _ in range(50):
-        box = sample_box(20, 30, (0.5, 0.2), g)
-        assert (box.height, box.width) == (10, 6)
-        assert 0 <= box.top and box.top + box.height <= 20 and 0 <= box.left and box.left + box.width <= 30
-    assert box_mask(20, 30, box).sum() == 60
+        box = sample_box((20, 30), (0.5, 0.2), g)
+        assert box.size == (10, 6)
+        assert all(0 <= s and s + n <= side for s, n, side in zip(box.start, box.size, (20, 30)))
+    assert box_mask((20, 30), box).sum() == 60
     with pytest.raises(ValueError):
-        sample_box(10, 10, (0.5, 1.5))
+        sample_box((10, 10), (0.5, 1.5))
 
 
 def test_cutmix_masks_area_and_probability():
     g = torch.Generator().manual_seed(0)
-    m = cutmix_masks(400, 64, 64, p=0.5, generator=g)
+    m = cutmix_masks(400, (64, 64), p=0.5, generator=g)
     filled = m.flatten(1).any(1)
     assert 0.4 < filled.float().mean() < 0.6
     area = m.flatten(1).float().mean(1)[filled]
     assert area.min() >= 0.01 and area.max() <= 0.45
-    assert not cutmix_masks(5, 16, 16, p=0.0, generator=g).any()
+    assert not cutmix_masks(5, (16, 16), p=0.0, generator=g).any()
 
 
 def test_device_augmentations():

@@ -5,7 +5,8 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 from benchmark.config import ConfigError, EvaluationProtocol
-from benchmark.evaluate import predict_case, predict_sliding_window, predict_slicewise, window_starts
+from benchmark.evaluate import predict_case
+from benchmark.inference import SliceWise, SlidingWindow, window_starts
 from benchmark.masks import largest_component, largest_component_per_class
 
 CPU = torch.device("cpu")
@@ -20,14 +21,14 @@ def intensity_classifier(x: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("shape", [(3, 40, 56), (1, 17, 33), (2, 64, 64)])
 def test_slicewise_round_trips_shapes(resize, shape):
     image = np.random.default_rng(0).choice([0.0, 0.5, 1.0], size=shape).astype(np.float32)
-    labels = predict_slicewise(intensity_classifier, image, 32, CPU, resize)
+    labels = SliceWise((32, 32), resize)(intensity_classifier, image[None], CPU)
     assert labels.shape == shape and labels.dtype == np.uint8
 
 
 def test_slicewise_nearest_recovers_piecewise_constant_images():
     image = np.zeros((2, 64, 64), np.float32)
     image[:, 16:48, 16:48] = 1.0
-    labels = predict_slicewise(intensity_classifier, image, 32, CPU, "nearest")
+    labels = SliceWise((32, 32), "nearest")(intensity_classifier, image[None], CPU)
     assert np.array_equal(labels, (image * 2).astype(np.uint8))
 
 
@@ -79,7 +80,7 @@ class PositionalNet(torch.nn.Module):
 def test_sliding_window_matches_the_naive_loop(shape, patch, stride):
     image = np.random.default_rng(1).random(shape).astype(np.float32)
     net = PositionalNet()
-    got = predict_sliding_window(net, image, patch, stride, CPU, batch=3)
+    got = SlidingWindow(patch, stride, batch=3)(net, image[None], CPU)
     assert got.shape == shape
     assert np.array_equal(got, naive_sliding_window(net, image, patch, stride))
 
@@ -108,14 +109,14 @@ def test_predict_case_applies_postprocessing():
     image[0, 2:12, 2:12] = 1.0
     image[0, 20, 20] = 1.0
     protocol = EvaluationProtocol(classes=(1, 2), postprocess="largest_component")
-    raw = predict_case(intensity_classifier, image, EvaluationProtocol(classes=(1, 2)), 32, CPU)
-    cleaned = predict_case(intensity_classifier, image, protocol, 32, CPU)
+    raw = predict_case(intensity_classifier, image[None], EvaluationProtocol(classes=(1, 2)), SliceWise((32, 32)), CPU)
+    cleaned = predict_case(intensity_classifier, image[None], protocol, SliceWise((32, 32)), CPU)
     assert raw[0, 20, 20] == 2 and cleaned[0, 20, 20] == 0 and (cleaned == 2).sum() == 100
 
 
 def test_sliding_window_protocol_needs_patch_and_stride():
     with pytest.raises(ConfigError, match="stride larger than the patch"):
-        EvaluationProtocol(inference="sliding_window", patch=(8, 8, 8), stride=(4, 9, 4), classes=(1,)).validate("card", 2)
+        EvaluationProtocol(inference="sliding_window", patch=(8, 8, 8), stride=(4, 9, 4), classes=(1,)).validate("card", 2, 3)
     with pytest.raises(ConfigError, match="sliding_window needs patch and stride"):
-        EvaluationProtocol(inference="sliding_window", patch=(112, 112, 80), classes=(1,)).validate("card", 2)
-    EvaluationProtocol(inference="sliding_window", patch=[112, 112, 80], stride=[18, 18, 4], classes=[1]).validate("card", 2)
+        EvaluationProtocol(inference="sliding_window", patch=(112, 112, 80), classes=(1,)).validate("card", 2, 3)
+    EvaluationProtocol(inference="sliding_window", patch=[112, 112, 80], stride=[18, 18, 4], classes=[1]).validate("card", 2, 3)

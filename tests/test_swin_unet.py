@@ -11,7 +11,7 @@ from benchmark.nets.swin_unet import SwinUNet, load_pretrained
 def test_registered_lite_net_maps_224_grayscale_to_class_logits():
     torch.manual_seed(0)
     net = build_network("swin-unet", 1, 4)
-    assert NETWORKS.get("swin-unet") is SwinUNet and net.pretrained is None
+    assert NETWORKS.get("swin-unet").factory is SwinUNet and net.pretrained is None
     assert sum(p.numel() for p in net.parameters()) == 27_168_420  # reference lite config, 4 classes
     with torch.no_grad():
         assert net(torch.rand(2, 1, 224, 224)).shape == (2, 4, 224, 224)

@@ -1,4 +1,10 @@
-"""Resolve a dataset card to files, check them, and preload the splits into memory."""
+"""Resolve a dataset card to files, check them, and preload the splits into memory.
+
+The card's `format` names the reader (benchmark.data.formats.READERS) and its `reader:` mapping the reader's
+options; the card's `generator` (benchmark.data.generators.GENERATORS) writes synthetic data once instead.
+Everything is read and checked here, before any training starts: lists against the files, the root's lists
+against the repo's pinned copies, labels against the class count.
+"""
 from __future__ import annotations
 
 import re
@@ -7,28 +13,35 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmark.config import ConfigError, DatasetCard, cache_root, data_root, stable_hash
-from benchmark.data.formats import READERS, Volume, read_list
+from benchmark.config import DATASETS_DIR, ConfigError, DatasetCard, cache_root, data_root, stable_hash
+from benchmark.data.formats import Case, Reader, open_reader, read_list
+
+
+def generator_of(card: DatasetCard):
+    """The card's registered generator (benchmark.data.generators), or None for real data."""
+    if card.generator is None:
+        return None
+    from benchmark.data.generators import GENERATORS
+
+    name = card.generator.get("name", "synthetic-cardiac")
+    if name not in GENERATORS:
+        raise ConfigError(f"{card.path}: generator.name {name!r} is unknown; valid: {', '.join(GENERATORS.names())}")
+    return GENERATORS.get(name)
 
 
 def resolve_root(card: DatasetCard, root_override: str | Path | None = None) -> Path:
     """The folder holding the card's data; generated data is written on first use."""
-    if card.generator is not None:
-        from benchmark.data.synthetic import GENERATOR_VERSION, SyntheticSpec, ensure_synthetic
-
-        params = {k: v for k, v in card.generator.items() if k != "name"}
-        try:
-            spec = SyntheticSpec.from_dict(params)
-        except ValueError as exc:
-            raise ConfigError(f"{card.path}: generator: {exc}") from None
-        key = stable_hash([card.generator, GENERATOR_VERSION], 8)
-        return ensure_synthetic(cache_root() / f"{card.name}-{key}", spec)
+    generator = generator_of(card)
+    if generator is not None:
+        spec = generator.build_spec(card.generator, str(card.path))
+        key = stable_hash([card.generator, generator.version], 8)
+        return generator.ensure(cache_root() / f"{card.name}-{key}", spec)
     root = data_root(root_override) / str(card.root)
     if not root.is_dir():
+        layout = open_reader(card.format, root, card.reader, card.in_channels, str(card.path)).layout("train")
         raise ConfigError(
             f"dataset {card.name!r}: folder {root} not found. Point BENCH_DATA_ROOT (or --data-root) at the folder "
-            f"that contains {card.root}/, laid out as {card.root}/{card.splits['train']} and "
-            f"{card.root}/data/slices/*.h5 (see README, 'Real data')")
+            f"that contains {card.root}/ in the {card.format} layout ({layout}); see README, 'Real data'")
     return root
 
 
@@ -55,7 +68,8 @@ def rows_for_patients(names: list[str], patients: int, pattern: str) -> int:
 
 @dataclass
 class SplitFiles:
-    """The lists of a card, read and checked against the files on disk (no pixels loaded yet)."""
+    """The splits of a card, read and checked against the files on disk (no pixels loaded yet); a card
+    without a validation split has `val == []`."""
 
     card: DatasetCard
     root: Path
@@ -67,40 +81,72 @@ class SplitFiles:
     def __post_init__(self) -> None:
         self.fingerprint = stable_hash([self.train, self.val, self.test])
 
-    def labeled_rows(self, patients: int) -> int:
-        """Rows of the training list that are labeled for `patients` patients (checked against the card's table)."""
+    def labeled_rows(self, count: int) -> int:
+        """Rows of the training list that are labeled for `count` patients (unit patient) or cases (unit
+        case), checked against the card's table."""
         rule = self.card.labeled
-        rows = rows_for_patients(self.train, patients, rule.patient_pattern)
-        expected = rule.table.get(patients)
+        if rule.unit == "case":
+            if not 0 < count <= len(self.train):
+                raise ConfigError(f"asked for {count} labeled cases but the training list has {len(self.train)}")
+            rows = count
+        else:
+            rows = rows_for_patients(self.train, count, rule.patient_pattern)
+        expected = rule.table.get(count)
         if expected is not None and expected != rows:
-            raise ConfigError(f"{self.card.path}: labeled.table says {patients} patients = {expected} slices but "
+            rows_are = "slices" if rule.unit == "patient" else "rows"
+            raise ConfigError(f"{self.card.path}: labeled.table says {count} {rule.unit}s = {expected} {rows_are} but "
                               f"{self.card.splits['train']} gives {rows}; the list or the table is wrong")
         return rows
 
 
+def card_reader(card: DatasetCard, root: Path) -> Reader:
+    return open_reader(card.format, root, card.reader, card.in_channels, str(card.path))
+
+
 def open_splits(card: DatasetCard, root_override: str | Path | None = None) -> SplitFiles:
-    """Resolve the root, read the three lists and check that every file they name exists."""
+    """Resolve the root, read the splits and check that every file they name exists."""
     return _open_splits(card, resolve_root(card, root_override))
 
 
+def _check_pinned(card: DatasetCard, split: str, names: list[str]) -> None:
+    """The root's list must equal the copy pinned in the repo (e.g. datasets/splits/la/train.list)."""
+    pinned_path = (Path(card.path).parent if card.path else DATASETS_DIR) / card.pinned_lists[split]
+    pinned = read_list(pinned_path)
+    if pinned != names:
+        diff = next((f"row {i + 1}: {a!r} vs {b!r}" for i, (a, b) in enumerate(zip(names, pinned)) if a != b),
+                    f"{len(names)} vs {len(pinned)} rows")
+        raise ConfigError(f"{card.path}: the data root's {split} list ({card.splits[split]}) differs from the pinned "
+                          f"copy {pinned_path} ({diff}); restore the public list, or the results are not comparable")
+
+
 def _open_splits(card: DatasetCard, root: Path) -> SplitFiles:
-    lists = {k: read_list(root / card.splits[k]) for k in ("train", "val", "test")}
-    reader = READERS[card.format](root)
-    reader.check_files(lists["train"], volumes=False, list_name=card.splits["train"])
-    for split in ("val", "test"):
-        reader.check_files(lists[split], volumes=True, list_name=card.splits[split])
-    return SplitFiles(card, root, lists["train"], lists["val"], lists["test"])
+    reader = card_reader(card, root)
+    names: dict[str, list[str]] = {}
+    for split in ("train", "val", "test"):
+        spec = card.splits.get(split)
+        if spec is None:
+            names[split] = []
+            continue
+        names[split] = reader.split_names(split, spec)
+        if split in card.pinned_lists:
+            _check_pinned(card, split, names[split])
+        reader.check_files(names[split], "train" if split == "train" else "eval", str(spec))
+    return SplitFiles(card, root, names["train"], names["val"], names["test"])
 
 
 @dataclass
 class InMemoryDataset:
-    """A card's data preloaded: training slices (native sizes) and val/test volumes."""
+    """A card's data preloaded: training samples (C, *spatial) at native sizes, val/test cases."""
 
     splits: SplitFiles
     train_images: list[np.ndarray]
     train_labels: list[np.ndarray]
-    val: list[Volume]
-    test: list[Volume]
+    val: list[Case]
+    test: list[Case]
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.train_images[0].shape[0])
 
 
 def _check_labels(label: np.ndarray, num_classes: int, where: str) -> None:
@@ -114,19 +160,19 @@ _CACHE: dict[str, InMemoryDataset] = {}
 
 def _preload(card: DatasetCard, root: Path) -> InMemoryDataset:
     splits = _open_splits(card, root)
-    reader = READERS[card.format](splits.root)
+    reader = card_reader(card, splits.root)
     images, labels = [], []
     for name in splits.train:
-        image, label = reader.read_slice(name)
-        _check_labels(label, card.num_classes, str(reader.slice_path(name)))
-        images.append(image)
-        labels.append(label)
-    volumes = {}
+        case = reader.read_train(name)
+        _check_labels(case.label, card.num_classes, str(reader.path_of(name, "train")))
+        images.append(case.image)
+        labels.append(case.label)
+    cases = {}
     for split in ("val", "test"):
-        volumes[split] = [reader.read_volume(n) for n in getattr(splits, split)]
-        for v in volumes[split]:
-            _check_labels(v.label, card.num_classes, str(reader.volume_path(v.name)))
-    return InMemoryDataset(splits, images, labels, volumes["val"], volumes["test"])
+        cases[split] = [reader.read_eval(n) for n in getattr(splits, split)]
+        for c in cases[split]:
+            _check_labels(c.label, card.num_classes, str(reader.path_of(c.name, "eval")))
+    return InMemoryDataset(splits, images, labels, cases["val"], cases["test"])
 
 
 def load_dataset(card: DatasetCard, root_override: str | Path | None = None) -> InMemoryDataset:

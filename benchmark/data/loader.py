@@ -5,22 +5,25 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from benchmark.data.augment import AUGMENTATIONS, resize_nearest
+from benchmark.data.augment import AUGMENTATIONS
 from benchmark.data.sampling import TwoStreamSchedule
 
 
 class StepBatches(Dataset):
-    """Index = training step; returns {'image': (B,1,P,P) float32, 'label': (B,P,P) int64}.
+    """Index = training step; returns {'image': (B, C, *patch) float32, 'label': (B, *patch) int64}.
 
-    The first `schedule.labeled_bs` rows are labeled; the labels of the rest are returned too (the data has
-    them) but methods must not read them: `Batch.unlabeled` exposes images only.
+    Each sample goes through the augmentation rule's sampler, which makes the patch (resize for the SSL4MIS
+    2D rules, random crop for LA) with its own generator seeded by (seed, step, slot): a batch is a pure
+    function of (seed, step). The first `schedule.labeled_bs` rows are labeled; the labels of the rest are
+    returned too (the data has them) but methods never see them: the Trainer passes unlabeled images only.
     """
 
     def __init__(self, images: list[np.ndarray], labels: list[np.ndarray], schedule: TwoStreamSchedule,
-                 augmentation: str, patch_size: int, seed: int) -> None:
+                 augmentation: str, patch: tuple[int, ...], seed: int) -> None:
         self.images, self.labels, self.schedule = images, labels, schedule
         self.rule = AUGMENTATIONS.get(augmentation)
-        self.patch = (patch_size, patch_size)
+        self.patch = tuple(patch)
+        self.channels = int(images[0].shape[0])
         self.seed = seed
 
     def __len__(self) -> int:  # steps are unbounded; the sampler decides which ones are drawn
@@ -28,13 +31,11 @@ class StepBatches(Dataset):
 
     def __getitem__(self, step: int) -> dict[str, torch.Tensor]:
         idx = self.schedule.batch(step)
-        images = np.empty((len(idx), 1, *self.patch), dtype=np.float32)
+        images = np.empty((len(idx), self.channels, *self.patch), dtype=np.float32)
         labels = np.empty((len(idx), *self.patch), dtype=np.int64)
         for slot, i in enumerate(idx):
             rng = np.random.default_rng([self.seed, 2, step, slot])
-            image, label = self.rule(self.images[i], self.labels[i], rng)
-            images[slot, 0] = resize_nearest(image, self.patch)
-            labels[slot] = resize_nearest(label, self.patch)
+            images[slot], labels[slot] = self.rule.sample(self.images[i], self.labels[i], rng, self.patch)
         return {"image": torch.from_numpy(images), "label": torch.from_numpy(labels)}
 
 

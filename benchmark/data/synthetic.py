@@ -19,9 +19,10 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -359,7 +360,7 @@ def _patient_ids(spec: SyntheticSpec) -> tuple[list[int], list[int], list[int]]:
     return ids[:t], sorted(ids[t:t + v]), sorted(ids[t + v:])
 
 
-def _write_h5(path: Path, image: np.ndarray, label: np.ndarray) -> None:
+def write_h5(path: Path, image: np.ndarray, label: np.ndarray) -> None:
     with h5py.File(path, "w") as f:
         f.create_dataset("image", data=image)
         f.create_dataset("label", data=label)
@@ -374,7 +375,7 @@ def _frames(spec: SyntheticSpec, pid: int) -> Iterator[tuple[str, np.ndarray, np
         yield f"patient{pid:03d}_{frame}", image, label
 
 
-def _write_lists(root: Path, lists: dict[str, list[str]]) -> None:
+def write_lists(root: Path, lists: dict[str, list[str]]) -> None:
     for name, rows in lists.items():
         (root / name).write_text("".join(f"{r}\n" for r in rows))
 
@@ -391,37 +392,40 @@ def generate(root: Path, spec: SyntheticSpec) -> None:
             lists["train.list"].append(name)
             for z in range(image.shape[0]):
                 slice_name = f"{name}_slice_{z + 1}"
-                _write_h5(slices_dir / f"{slice_name}.h5", image[z], label[z])
+                write_h5(slices_dir / f"{slice_name}.h5", image[z], label[z])
                 lists["train_slices.list"].append(slice_name)
     for split, ids in (("val.list", val), ("test.list", test)):
         for pid in ids:
             for name, image, label in _frames(spec, pid):
-                _write_h5(root / "data" / f"{name}.h5", image, label)
+                write_h5(root / "data" / f"{name}.h5", image, label)
                 lists[split].append(name)
-    _write_lists(root, lists)
+    write_lists(root, lists)
 
 
 # ------------------------------------------------------------------------------------------ caching
+# Shared by every generator (benchmark/data/generators.py): `ensure_generated` installs any generated tree
+# atomically under a marker holding the spec and the generator's version.
 
 
-def _marker_content(spec: SyntheticSpec) -> dict:
-    return {**spec.to_dict(), "generator_version": GENERATOR_VERSION}
+def marker_content(spec, version: int = GENERATOR_VERSION) -> dict:
+    """What the marker of a tree generated from `spec` by a generator at `version` holds."""
+    return {**spec.to_dict(), "generator_version": version}
 
 
-def _marker_matches(root: Path, spec: SyntheticSpec) -> bool:
+def marker_matches(root: Path, spec, version: int = GENERATOR_VERSION) -> bool:
     try:
-        return json.loads((root / MARKER).read_text()) == _marker_content(spec)
+        return json.loads((root / MARKER).read_text()) == marker_content(spec, version)
     except (OSError, ValueError):
         return False
 
 
-def _write_marker(root: Path, spec: SyntheticSpec) -> None:
+def write_marker(root: Path, spec, version: int = GENERATOR_VERSION) -> None:
     tmp = root / f"{MARKER}.{uuid.uuid4().hex}"
-    tmp.write_text(json.dumps(_marker_content(spec), sort_keys=True, indent=1))
+    tmp.write_text(json.dumps(marker_content(spec, version), sort_keys=True, indent=1))
     os.replace(tmp, root / MARKER)
 
 
-def _clean_leftovers(root: Path) -> None:
+def clean_leftovers(root: Path) -> None:
     """Remove retired trees and temp trees of crashed runs (temp ones only after an hour: never a live one)."""
     now = time.time()
     for path in root.parent.glob(f".{root.name}.old-*"):
@@ -434,7 +438,7 @@ def _clean_leftovers(root: Path) -> None:
             pass
 
 
-def _retire(root: Path) -> None:
+def retire(root: Path) -> None:
     """Move an outdated generated tree out of the way, then delete it. Refuses foreign folders."""
     if not root.exists():
         return
@@ -449,33 +453,39 @@ def _retire(root: Path) -> None:
     shutil.rmtree(trash, ignore_errors=True)
 
 
-def ensure_synthetic(root: Path, spec: SyntheticSpec) -> Path:
-    """Generate once into `root` unless a complete copy of the same spec is already there.
+def ensure_generated(root: Path, spec, write: Callable[[Path, Any], None], version: int) -> Path:
+    """Run `write(folder, spec)` once into `root` unless a complete copy of the same spec and version is there.
 
     Generation goes to a sibling temp folder that is renamed into place with the marker written last,
     so `root` is either absent, an old complete copy, or a new complete copy. Concurrent callers are
-    safe: the loser of the rename race uses the winner's copy. Returns root.
+    safe: the loser of the rename race uses the winner's copy. `spec` needs `to_dict()` (JSON-able,
+    lists rather than tuples, so that it reads back equal). Returns root.
     """
     root = Path(root)
-    if _marker_matches(root, spec):
+    if marker_matches(root, spec, version):
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
-    _clean_leftovers(root)
+    clean_leftovers(root)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}{_TMP_TAG}", dir=root.parent))
     try:
         os.chmod(tmp, 0o755)  # mkdtemp makes it private; the installed tree should read like any other
-        generate(tmp, spec)
-        _write_marker(tmp, spec)
+        write(tmp, spec)
+        write_marker(tmp, spec, version)
         for _ in range(5):
-            if _marker_matches(root, spec):
+            if marker_matches(root, spec, version):
                 return root
-            _retire(root)
+            retire(root)
             try:
                 os.rename(tmp, root)
                 return root
             except OSError:  # someone else's tree landed in between: loop and look at it
                 continue
-        raise RuntimeError(f"could not install the synthetic dataset at {root}: concurrent writers kept racing")
+        raise RuntimeError(f"could not install the generated dataset at {root}: concurrent writers kept racing")
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def ensure_synthetic(root: Path, spec: SyntheticSpec) -> Path:
+    """Generate the cardiac dataset once into `root` (see `ensure_generated`). Returns root."""
+    return ensure_generated(root, spec, generate, GENERATOR_VERSION)

@@ -87,7 +87,8 @@ def tags_of(trial: Trial, device: str) -> dict[str, str]:
             "labeled_rows": str(trial.labeled_rows), "seed": str(trial.seed), "suite": trial.suite,
             "config_hash": trial.config_hash, "cell_hash": trial.cell_hash, "scoring_hash": p.scoring_hash,
             "iterations": str(trial.train.iterations), "device": device, "checkpoint_rule": p.checkpoint,
-            "hd_units": p.hd_units, "empty_prediction": p.empty_prediction, "protocol": p.describe()}
+            "hd_units": p.hd_units, "empty_prediction": p.empty_prediction, "protocol": p.describe()} | (
+        {"smoke_test_cases": str(trial.test_cases)} if trial.test_cases else {})
 
 
 class _Tee:
@@ -156,7 +157,8 @@ def _train_and_test(trial: Trial, run_dir: Path, tracker, data_root: str | Path 
         trainer = Trainer(data, method_cls, method_cfg, trial.train, trial.labeled_rows, trial.seed, run_dir,
                           trial.protocol, trial.card.classes, trial.card.in_channels,
                           logger=run if observer is None else _Tee(run, observer), device=str(dev),
-                          progress=progress, description=trial.name, eval_workers=eval_workers)
+                          progress=progress, description=trial.name, eval_workers=eval_workers,
+                          test_cases=trial.test_cases)
         result = trainer.fit()
         flat = {"best_val_dice": result.best_val_dice, "best_step": float(result.best_step),
                 "steps_per_second": result.steps_per_second,

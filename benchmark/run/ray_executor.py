@@ -38,7 +38,7 @@ from benchmark.run.local import Outcome, finished_reason, run_dir_of, run_trial,
 from benchmark.run.trials import Trial
 
 #: GPU share per trial when --gpus-per-trial is not given, by the card's inference mode (2D vs 3D)
-GPU_SHARE = {"slicewise": 0.25, "sliding_window": 1.0}
+GPU_SHARE = {2: 0.25, 3: 1.0}   # a trial's GPU share by the card's spatial dims
 
 
 def ray_available() -> bool:
@@ -49,10 +49,10 @@ def ray_available() -> bool:
 
 
 def default_gpus_per_trial(trial: Trial, cluster_gpus: float) -> float:
-    """0 without GPUs; else 0.25 for 2D cards (slicewise inference), 1 for 3D cards (sliding window)."""
+    """0 without GPUs; else 0.25 for 2D cards (2D nets: slices, images), 1 for 3D cards (3D nets, sliding window)."""
     if cluster_gpus <= 0:
         return 0.0
-    return min(GPU_SHARE.get(trial.protocol.inference, 1.0), cluster_gpus)
+    return min(GPU_SHARE.get(trial.card.spatial_dims, 1.0), cluster_gpus)
 
 
 @dataclass

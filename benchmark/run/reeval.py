@@ -12,7 +12,7 @@ import yaml
 from benchmark import catalog
 from benchmark.config import ConfigError, EvaluationProtocol, TrainConfig, build_dataclass, parse_card
 from benchmark.data.dataset import load_dataset
-from benchmark.evaluate import evaluate_cases, summarize
+from benchmark.evaluate import evaluate_cases, make_inferer, summarize
 from benchmark.train import build_method, pick_device
 
 
@@ -49,7 +49,7 @@ def evaluate_saved(saved: SavedModel, protocol_overrides: dict[str, Any], datase
     # --suite: that card's protocol; else the run's own (both updated by the overrides)
     base = {**(dataclasses.asdict(card.evaluation) if dataset else cfg["dataset"]["evaluation"]), **protocol_overrides}
     protocol = build_dataclass(EvaluationProtocol, base, "bench eval: protocol")
-    protocol.validate("bench eval: protocol", card.num_classes)
+    protocol.validate("bench eval: protocol", card.num_classes, card.spatial_dims)
     method_cfg_values = {k: v for k, v in cfg["method"].items() if k != "name"}
     method_cls = catalog.method_class(cfg["method"]["name"])
     train = build_dataclass(TrainConfig, cfg["train"], "config.yaml: train")
@@ -62,7 +62,8 @@ def evaluate_saved(saved: SavedModel, protocol_overrides: dict[str, Any], datase
     data = load_dataset(card, data_root)
     volumes = data.test if protocol.test_split == "test" else data.val
     csv_path = saved.weights.parent / f"cases_{saved.weights.stem}_eval-{protocol.scoring_hash}.csv"
-    cases = evaluate_cases(method.predict, volumes, protocol, card.classes, train.patch_size, dev, workers, csv_path)
+    cases = evaluate_cases(method.predict, volumes, protocol, card.classes, make_inferer(protocol, train.patch_size),
+                           dev, workers, csv_path)
     return protocol, summarize(cases), csv_path
 
 

@@ -9,7 +9,9 @@ from typing import Any, Sequence
 from benchmark import catalog
 from benchmark.config import (HARNESS_VERSION, ConfigError, DatasetCard, EvaluationProtocol, Suite, TrainConfig,
                               build_dataclass, stable_hash)
-from benchmark.data.dataset import open_splits
+from benchmark.data.augment import AUGMENTATIONS
+from benchmark.data.dataset import generator_of, open_splits
+from benchmark.nets import NETWORKS, check_network
 
 
 @dataclass(frozen=True)
@@ -26,6 +28,7 @@ class Trial:
     method_config: dict[str, Any]
     train: TrainConfig
     seed: int
+    test_cases: int | None = None   # smoke runs: score only the first N test cases (tagged, kept out of tables)
 
     @property
     def name(self) -> str:
@@ -36,10 +39,9 @@ class Trial:
         dataset = {**self.card.as_dict(), "evaluation": dataclasses.asdict(self.protocol),
                    "split_fingerprint": self.split_fingerprint}
         if self.card.generator is not None:
-            from benchmark.data.synthetic import GENERATOR_VERSION
-
-            dataset["generator_version"] = GENERATOR_VERSION
-        return {
+            dataset["generator_version"] = generator_of(self.card).version
+        smoke = {"test_cases": self.test_cases} if self.test_cases else {}
+        return smoke | {
             "harness_version": HARNESS_VERSION,
             "dataset": dataset,
             "labeled": {"patients": self.labeled_patients, "rows": self.labeled_rows},
@@ -60,13 +62,18 @@ class Trial:
 
 def expand(suite: Suite, methods: Sequence[str] | None = None, seeds: Sequence[int] | None = None,
            iterations: int | None = None, data_root: str | Path | None = None,
-           train_overrides: dict[str, Any] | None = None) -> list[Trial]:
-    """Resolve and validate everything a suite names, before any training starts."""
+           train_overrides: dict[str, Any] | None = None, test_cases: int | None = None) -> list[Trial]:
+    """Resolve and validate everything a suite names, before any training starts: method names and configs,
+    the Trainer's settings against the card (patch dims, network, augmentation) and each method's needs."""
     where = str(suite.path or suite.name)
     card = catalog.get_card(suite.dataset)
     requested = list(methods) if methods else (["all"] if suite.methods == "all" else list(suite.methods))
-    chosen = catalog.expand_method_names(requested)
+    chosen = catalog.expand_method_names(requested, card.spatial_dims)
     classes = {m: catalog.method_class(m) for m in chosen}  # unknown names raise with the valid list
+    if not classes:
+        raise ConfigError(f"{where}: no registered method trains in {card.spatial_dims}D (card {card.name})")
+    if test_cases is not None and test_cases < 1:
+        raise ConfigError(f"--test-cases must be >= 1 (got {test_cases})")
     presets = {m: catalog.preset_overrides(m) for m in chosen}
     for name in (*suite.method_config, *suite.method_train):
         catalog.method_class(name)
@@ -83,13 +90,14 @@ def expand(suite: Suite, methods: Sequence[str] | None = None, seeds: Sequence[i
             values["iterations"] = iterations
         label = f"{where}: train" if method not in suite.method_train else f"{where}: train + method_train.{method}"
         cfg = build_dataclass(TrainConfig, values, label)
-        cfg.validate(label)
+        cfg.validate(label, card.spatial_dims)
+        check_trainable(method, classes[method], cfg, card.spatial_dims, label)
         return cfg
 
     trains = {m: train_for(m) for m in classes}
     ev = dataclasses.asdict(card.evaluation)
     protocol = build_dataclass(EvaluationProtocol, {**ev, **suite.protocol}, f"{where}: protocol")
-    protocol.validate(f"{where}: protocol", card.num_classes)
+    protocol.validate(f"{where}: protocol", card.num_classes, card.spatial_dims)
     splits = open_splits(card, data_root)
     trials = []
     for setting in suite.labeled:
@@ -98,10 +106,30 @@ def expand(suite: Suite, methods: Sequence[str] | None = None, seeds: Sequence[i
         for method, cls in classes.items():
             cfg = cls.make_config(layered(suite.method_config, method, presets[method]),
                                   f"{where}: method_config.{method}")
+            cls.check(cfg, trains[method], f"{where}: {method}")
             if cls.uses_unlabeled and rows == len(splits.train):
                 raise ConfigError(f"{where}: {method} needs unlabeled data but {setting!r} labels all "
                                   f"{rows} training rows; drop that setting or use supervised")
             for seed in (seeds if seeds is not None else suite.seeds):
                 trials.append(Trial(suite.name, card, protocol, patients, rows, splits.fingerprint, method,
-                                    cls.config_dict(cfg), trains[method], int(seed)))
+                                    cls.config_dict(cfg), trains[method], int(seed), test_cases))
     return trials
+
+
+def check_trainable(method: str, cls: type, train: TrainConfig, dims: int, where: str) -> None:
+    """ConfigError, naming the field, when `method` cannot train on a `dims`-D card with these settings."""
+    if dims not in cls.dims:
+        raise ConfigError(f"{where}: {method} trains in {'/'.join(map(str, cls.dims))}D only and the card is {dims}D; "
+                          f"drop it from the suite ('all' skips it)")
+    if cls.networks is not None and train.network not in cls.networks:
+        raise ConfigError(f"{where}.network: {method} builds its own network and accepts network "
+                          f"{' or '.join(map(repr, cls.networks))} only (got {train.network!r})")
+    if NETWORKS.get(train.network).role != "segmentation":
+        raise ConfigError(f"{where}.network: {train.network!r} is not a segmentation network (bench ls networks)")
+    for net in (train.network, *cls.also_builds):
+        check_network(net, train.patch_size, method, where)
+    rule = AUGMENTATIONS.get(train.augmentation)
+    if dims not in rule.dims:
+        raise ConfigError(f"{where}.augmentation: {train.augmentation!r} is a {'/'.join(map(str, rule.dims))}D rule and "
+                          f"the card is {dims}D; valid for {dims}D: "
+                          f"{', '.join(e.name for e in AUGMENTATIONS if dims in e.obj.dims)}")
