@@ -105,7 +105,8 @@ def as_shape(value: int | Sequence[int], dims: int, where: str) -> tuple[int, ..
         value = (value, value)
     shape = tuple(int(v) for v in value)
     if len(shape) != dims or any(v < 1 for v in shape):
-        raise ConfigError(f"{where}: expected {dims} positive integers for a {dims}D card (got {list(shape)})")
+        raise ConfigError(f"{where}: expected {dims} positive integers for a {dims}D card (got {list(shape)}; "
+                          f"a single integer stands for a 2D square)")
     return shape
 
 
@@ -276,7 +277,7 @@ def parse_card(raw: dict[str, Any], path: Path) -> DatasetCard:
     reader_options = raw.get("reader") or {}
     if not isinstance(reader_options, dict):
         raise ConfigError(f"{where}: reader must be a mapping of {raw['format']} options (got {reader_options!r})")
-    build_dataclass(READERS.get(raw["format"]).Options, reader_options, f"{where}: reader")
+    READERS.get(raw["format"])(Path("."), reader_options, int(raw.get("in_channels", 1)), where)  # options checked now
     dims = raw.get("spatial_dims", 2)
     if dims not in (2, 3):
         raise ConfigError(f"{where}: spatial_dims must be 2 or 3 (got {dims!r})")

@@ -30,7 +30,7 @@ import itertools
 import math
 from abc import ABC, abstractmethod
 from functools import reduce
-from typing import Callable, ClassVar, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 import numpy as np
 import torch
@@ -76,7 +76,7 @@ def _check_image(image: np.ndarray, spatial: int, layout: str, inference: str) -
     """The image as float32 (no copy when it already is), after checking it is (C, *spatial) with `spatial` axes."""
     image = np.asarray(image)
     if image.ndim != spatial + 1:
-        hint = (f"add the channel axis (image[None]) to a single-channel image" if image.ndim == spatial else
+        hint = ("add the channel axis (image[None]) to a single-channel image" if image.ndim == spatial else
                 f"give one case at a time, laid out {layout}")
         raise ValueError(f"{inference} expects an image {layout} ({spatial} spatial axes after the channel axis), "
                          f"got shape {tuple(image.shape)}; {hint}")
@@ -121,6 +121,16 @@ def _no_stride(stride: object, inference: str) -> None:
                          "inference: sliding_window")
 
 
+def _patch_2d(patch: Any, stride: Any, name: str) -> tuple[int, ...]:
+    """The patch of a 2D-network inferer from a card's fields (no stride; 1 or 2 entries)."""
+    _no_stride(stride, name)
+    patch = _ints(patch, f"{name} patch")
+    if len(patch) > 2:
+        raise ValueError(f"{name} runs a 2D network, so its patch has 1 or 2 entries, got {list(patch)}; "
+                         "a 3D patch belongs to inference: sliding_window")
+    return patch
+
+
 @INFERERS.register("slicewise", "2D network slice by slice on a volume (C, S, H, W), resized to the patch and back")
 class SliceWise(Inferer):
     """A 2D network applied to each slice (C, H, W) of a volume (C, S, H, W) at `patch`, slices stacked."""
@@ -133,13 +143,8 @@ class SliceWise(Inferer):
         self.chunk = _ints(chunk, "slicewise chunk")[0]
 
     @classmethod
-    def from_fields(cls, patch, stride, resize) -> "SliceWise":
-        _no_stride(stride, cls.name)
-        patch = _ints(patch, "slicewise patch")
-        if len(patch) > 2:
-            raise ValueError(f"slicewise runs a 2D network, so its patch has 1 or 2 entries, got {list(patch)}; "
-                             "a 3D patch belongs to inference: sliding_window")
-        return cls(patch, resize)
+    def from_fields(cls, patch, stride, resize) -> "Inferer":
+        return cls(_patch_2d(patch, stride, cls.name), resize)
 
     @torch.no_grad()
     def __call__(self, predict: Predictor, image: np.ndarray, device: torch.device) -> np.ndarray:
@@ -240,13 +245,8 @@ class WholeImage(Inferer):
         self.resize = _check_resize(resize, self.name)
 
     @classmethod
-    def from_fields(cls, patch, stride, resize) -> "WholeImage":
-        _no_stride(stride, cls.name)
-        patch = _ints(patch, "whole_image patch")
-        if len(patch) > 2:
-            raise ValueError(f"whole_image runs a 2D network on a 2D image, so its patch has 1 or 2 entries, "
-                             f"got {list(patch)}; a 3D patch belongs to inference: sliding_window")
-        return cls(patch, resize)
+    def from_fields(cls, patch, stride, resize) -> "Inferer":
+        return cls(_patch_2d(patch, stride, cls.name), resize)
 
     @torch.no_grad()
     def __call__(self, predict: Predictor, image: np.ndarray, device: torch.device) -> np.ndarray:

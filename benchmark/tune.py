@@ -249,8 +249,12 @@ class StudySetup:
         method_config = {**self.suite.method_config,
                          self.method: {**self.suite.method_config.get(self.method, {}), **cfg_values}}
         spec = dataclasses.replace(self.suite, labeled=(self.labeled,), method_config=method_config)
-        return expand(spec, methods=[self.method], seeds=[self.seed], iterations=self.iterations,
-                      data_root=self.data_root, train_overrides=train_values)[0]
+        trial = expand(spec, methods=[self.method], seeds=[self.seed], iterations=self.iterations,
+                       data_root=self.data_root, train_overrides=train_values)[0]
+        if not trial.card.has_val:
+            raise ConfigError(f"{self.suite.path or self.suite.name}: bench tune optimises the validation Dice, and "
+                              f"card {trial.card.name} has no validation split; tune on a card with one")
+        return trial
 
 
 @dataclass

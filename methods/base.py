@@ -37,6 +37,9 @@ class MethodContext:
     patch: tuple[int, ...] = (256, 256)   # the training patch (nets whose shape depends on it, e.g. DAN's discriminator)
     network_options: dict[str, Any] = dataclasses.field(default_factory=dict)  # for the default network
 
+    def __post_init__(self) -> None:
+        self.patch = (self.patch, self.patch) if isinstance(self.patch, int) else tuple(self.patch)  # int: a 2D square
+
     @property
     def spatial_dims(self) -> int:
         return len(self.patch)
@@ -88,6 +91,7 @@ class Method(ABC):
     dims: ClassVar[tuple[int, ...]] = (2,)
     networks: ClassVar[tuple[str, ...] | None] = None
     also_builds: ClassVar[tuple[str, ...]] = ()   # further registered nets it trains on the patch (CTCT's Swin-UNet)
+    pairs_per_half: ClassVar[bool] = False   # pairs images within each half-batch: >= 2 labeled and 2 unlabeled
     presets: ClassVar[dict[str, dict[str, Any]]] = {}
     search_space: ClassVar[dict[str, str]] = {}
     search_grids: ClassVar[dict[str, list[Any]]] = {}
@@ -98,12 +102,19 @@ class Method(ABC):
     @classmethod
     def check(cls, cfg: Any, train: Any, where: str) -> None:
         """Requirements on the Trainer's settings (`train`, a TrainConfig), checked when a suite is expanded,
-        before any training: raise ConfigError naming the field. The base checks an unlabeled batch."""
+        before any training: raise ConfigError naming the field. The base checks the unlabeled batch (and
+        `pairs_per_half`)."""
         if cls.uses_unlabeled and train.batch_size <= train.labeled_batch_size:
             from benchmark.config import ConfigError
 
             raise ConfigError(f"{where}: this method needs unlabeled images in every batch: batch_size "
                               f"({train.batch_size}) must exceed labeled_batch_size ({train.labeled_batch_size})")
+        if cls.pairs_per_half and min(train.labeled_batch_size, train.batch_size - train.labeled_batch_size) < 2:
+            from benchmark.config import ConfigError
+
+            raise ConfigError(f"{where}: this method pairs images within the labeled and the unlabeled half-batch: "
+                              f"labeled_batch_size and batch_size - labeled_batch_size must both be >= 2 (got "
+                              f"{train.labeled_batch_size} and {train.batch_size - train.labeled_batch_size})")
 
     @abstractmethod
     def train_step(self, labeled: Labeled, unlabeled: torch.Tensor | None, step: int) -> dict[str, torch.Tensor]:

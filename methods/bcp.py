@@ -53,7 +53,7 @@ Departures (none changes the algorithm):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -136,15 +136,7 @@ def pseudo_labels(logits: torch.Tensor, largest_component: bool = True) -> torch
                          "on labeled<->unlabeled pastes (BCP, CVPR 2023)")
 class BCP(Method):
     Config = BCPConfig
-
-    @classmethod
-    def check(cls, cfg: Any, train: Any, where: str) -> None:
-        """Copy-paste needs two images of each kind per batch."""
-        super().check(cfg, train, where)
-        if min(train.labeled_batch_size, train.batch_size - train.labeled_batch_size) < 2:
-            raise ConfigError(f"{where}: bcp pairs images within the labeled and the unlabeled half-batch: "
-                              f"labeled_batch_size and batch_size - labeled_batch_size must both be >= 2 "
-                              f"(got {train.labeled_batch_size} and {train.batch_size - train.labeled_batch_size})")
+    pairs_per_half = True   # copy-paste / CutMix pair two images within each half-batch
 
     def __init__(self, cfg: BCPConfig, ctx: MethodContext) -> None:
         super().__init__(cfg, ctx)

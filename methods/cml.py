@@ -54,8 +54,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 
@@ -120,15 +118,7 @@ def centred_box(shape: tuple[int, ...], side_ratio: float) -> Box:
                          "self-train (CML, ACM MM 2024)")
 class CML(Method):
     Config = CMLConfig
-
-    @classmethod
-    def check(cls, cfg: Any, train: Any, where: str) -> None:
-        """CutMix pairs two images of each kind per batch."""
-        super().check(cfg, train, where)
-        if min(train.labeled_batch_size, train.batch_size - train.labeled_batch_size) < 2:
-            raise ConfigError(f"{where}: cml pairs images within the labeled and the unlabeled half-batch: "
-                              f"labeled_batch_size and batch_size - labeled_batch_size must both be >= 2 "
-                              f"(got {train.labeled_batch_size} and {train.batch_size - train.labeled_batch_size})")
+    pairs_per_half = True   # copy-paste / CutMix pair two images within each half-batch
     networks = ("unet",)  # builds its own UNet variant, cml-unet-2d
     presets = {
         "released": {"variant": "released", "ensemble": "logits"},  # the released 2D code as it runs

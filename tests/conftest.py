@@ -50,3 +50,16 @@ def acdc_root() -> Path | None:
 requires_acdc = pytest.mark.skipif(
     acdc_root() is None,
     reason="real ACDC not found: set BENCH_DATA_ROOT to a folder containing ACDC/ (SSL4MIS layout)")
+
+
+def la_root() -> Path | None:
+    root = os.environ.get("BENCH_DATA_ROOT")
+    if root and (Path(root) / "LA" / "train.list").is_file():
+        return Path(root)
+    return None
+
+
+requires_la = pytest.mark.skipif(
+    la_root() is None,
+    reason="real LA not found: set BENCH_DATA_ROOT to a folder containing LA/ (UA-MT layout; "
+           "../shared/tools/datapack.py unpack writes one)")

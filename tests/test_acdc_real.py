@@ -36,7 +36,7 @@ def test_reader_opens_every_slice_and_volume(card):
     for lab in data.train_labels:
         labels |= set(np.unique(lab).tolist())
     for vol in data.val + data.test:
-        assert vol.image.shape == vol.label.shape and vol.image.ndim == 3
+        assert vol.image.shape[1:] == vol.label.shape and vol.image.shape[0] == 1 and vol.label.ndim == 3
         labels |= set(np.unique(vol.label).tolist())
     assert labels == {0, 1, 2, 3}
     assert all(0.0 <= img.min() and img.max() <= 1.0 for img in data.train_images[:50])

@@ -1,7 +1,6 @@
 """DAN and MC-Net: the discriminator, their distinctive pieces on known inputs, one step on tiny tensors,
 3-step Trainer smoke runs."""
 import math
-from dataclasses import replace
 
 import pytest
 import torch
@@ -108,7 +107,7 @@ def test_dan_d_step_alone_changes_only_d():
 
 
 def test_dan_trainer_smoke(synthetic, tmp_path):
-    rec = smoke_run(synthetic, tmp_path, DAN, DANConfig(disc_input_size=SMOKE.patch_size))
+    rec = smoke_run(synthetic, tmp_path, DAN, DANConfig(disc_input_size=SMOKE.patch_size[0]))
     assert all(math.isfinite(m["train/loss_d"]) for m in rec.metrics.values() if "train/loss" in m)
 
 
@@ -183,8 +182,13 @@ def test_mcnet_step_consistency_covers_whole_batch_and_predicts_with_decoder1(mo
     x = torch.rand(1, 1, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(mc.predict(x), mc.model(x)[0])
-    with pytest.raises(ValueError):
-        MCNet(MCNetConfig(), replace(method_ctx(), network="other"))
+    # MC-Net builds its own two-decoder UNet: another `network` is refused when a suite expands
+    from benchmark.config import ConfigError, TrainConfig
+    from benchmark.run.trials import check_trainable
+
+    assert MCNet.networks == ("unet",)
+    with pytest.raises(ConfigError, match="mc-net builds its own network and accepts network 'unet' only"):
+        check_trainable("mc-net", MCNet, TrainConfig(network="swin-unet", patch_size=224), 2, "suite: train")
 
 
 def test_mcnet_trainer_smoke(synthetic, tmp_path):

@@ -13,14 +13,6 @@ from benchmark.registry import UnknownNameError
 
 CPU = torch.device("cpu")
 
-try:  # today's functions, while benchmark.evaluate still defines them
-    from benchmark.evaluate import predict_slicewise as today_slicewise
-except ImportError:
-    today_slicewise = None
-try:
-    from benchmark.evaluate import predict_sliding_window as today_sliding_window
-except ImportError:
-    today_sliding_window = None
 
 
 def copy_of_predict_slicewise(predict, image, patch, device, resize="nearest", chunk=32):
@@ -79,8 +71,6 @@ def test_slicewise_single_channel_equals_today(resize, shape, patch, chunk):
     want = copy_of_predict_slicewise(net, image, patch, CPU, resize, chunk)
     assert got.shape == shape and got.dtype == np.uint8
     assert np.array_equal(got, want)
-    if today_slicewise is not None:
-        assert np.array_equal(got, today_slicewise(net, image, patch, CPU, resize, chunk))
 
 
 @pytest.mark.parametrize("resize", ["nearest", "bilinear_logits"])
@@ -154,16 +144,6 @@ def test_sliding_window_3d_equals_the_naive_loop(channels, shape, patch, stride)
     got = SlidingWindow(patch, stride, batch=3)(net, image, CPU)
     assert got.shape == shape and got.dtype == np.uint8
     assert np.array_equal(got, naive_sliding_window(net, image, patch, stride))
-
-
-@pytest.mark.skipif(today_sliding_window is None, reason="benchmark.evaluate.predict_sliding_window was removed")
-@pytest.mark.parametrize("shape, patch, stride", CASES_3D)
-def test_sliding_window_3d_single_channel_equals_today(shape, patch, stride):
-    image = np.random.default_rng(3).random(shape).astype(np.float32)
-    net = RampNet(3, 1)
-    for batch in (1, 4):
-        got = SlidingWindow(patch, stride, batch=batch)(net, image[None], CPU)
-        assert np.array_equal(got, today_sliding_window(net, image, patch, stride, CPU, batch=batch))
 
 
 @pytest.mark.parametrize("shape, patch, stride", [((30, 23), (12, 10), (5, 4)), ((7, 40), (12, 16), (12, 7))])

@@ -99,7 +99,7 @@ def test_gpu_share_follows_the_card_2d_vs_3d(tiny_card):
     (trial, *_) = expand(dataclasses.replace(suite, dataset=str(tiny_card)), seeds=[0], methods=["supervised"])
     assert default_gpus_per_trial(trial, cluster_gpus=0) == 0.0
     assert default_gpus_per_trial(trial, cluster_gpus=8) == 0.25
-    volumetric = dataclasses.replace(trial, protocol=dataclasses.replace(trial.protocol, inference="sliding_window"))
+    volumetric = dataclasses.replace(trial, card=dataclasses.replace(trial.card, spatial_dims=3))
     assert default_gpus_per_trial(volumetric, cluster_gpus=8) == 1.0
     assert default_gpus_per_trial(volumetric, cluster_gpus=0.5) == 0.5
 

@@ -22,7 +22,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import h5py
 import numpy as np
@@ -38,8 +38,27 @@ _STALE_TMP_S = 3600.0
 # ----------------------------------------------------------------------------------------------- spec
 
 
+class GeneratorSpec:
+    """What the generators' spec dataclasses share: a JSON-able dict (the cache marker) and a checked build."""
+
+    generator: ClassVar[str] = "synthetic"   # the generator's name, for error messages
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "GeneratorSpec":
+        """Build from a mapping; unknown keys are an error naming the key and the valid ones."""
+        valid = [f.name for f in fields(cls)]
+        unknown = sorted(k for k in d if k not in valid)
+        if unknown:
+            raise ValueError(f"unknown {cls.generator} generator key(s) {', '.join(map(repr, unknown))}; "
+                             f"valid keys: {', '.join(valid)}")
+        return cls(**d)
+
+
 @dataclass(frozen=True)
-class SyntheticSpec:
+class SyntheticSpec(GeneratorSpec):
     """What to generate; equal specs give identical data."""
 
     seed: int = 0
@@ -69,18 +88,6 @@ class SyntheticSpec:
     def total_patients(self) -> int:
         return self.train_patients + self.val_patients + self.test_patients
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "SyntheticSpec":
-        """Build from a mapping; unknown keys are an error naming the key and the valid ones."""
-        valid = [f.name for f in fields(cls)]
-        unknown = sorted(k for k in d if k not in valid)
-        if unknown:
-            raise ValueError(f"unknown synthetic generator key(s) {', '.join(map(repr, unknown))}; "
-                             f"valid keys: {', '.join(valid)}")
-        return cls(**d)
 
 
 # ------------------------------------------------------------------------------------------- anatomy

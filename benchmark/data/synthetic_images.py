@@ -12,14 +12,15 @@ No list files: cards split the sorted ids with {from, to} (reader image-folder, 
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 from PIL import Image
 from scipy.ndimage import gaussian_filter
 
-from benchmark.data.synthetic import ensure_generated
+from benchmark.data.synthetic import GeneratorSpec, ensure_generated
 
 #: Bump when the image model changes: cached copies and trial identities then change with it.
 GENERATOR_VERSION = 1
@@ -30,9 +31,10 @@ JPEG_QUALITY = 95
 
 
 @dataclass(frozen=True)
-class ImageSpec:
+class ImageSpec(GeneratorSpec):
     """What to generate; equal specs give identical data."""
 
+    generator: ClassVar[str] = "synthetic-skin"
     seed: int = 0
     size: int = 64     # H = W of every image
     images: int = 40   # how many image / mask pairs
@@ -47,18 +49,6 @@ class ImageSpec:
         if not 1 <= self.images <= 9999:
             raise ValueError(f"ImageSpec.images must be in 1..9999 (4-digit ids), got {self.images}")
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "ImageSpec":
-        """Build from a mapping; unknown keys are an error naming the key and the valid ones."""
-        valid = [f.name for f in fields(cls)]
-        unknown = sorted(k for k in d if k not in valid)
-        if unknown:
-            raise ValueError(f"unknown synthetic-skin generator key(s) {', '.join(map(repr, unknown))}; "
-                             f"valid keys: {', '.join(valid)}")
-        return cls(**d)
 
 
 # ------------------------------------------------------------------------------------------ rendering

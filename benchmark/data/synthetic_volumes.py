@@ -13,11 +13,12 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-from benchmark.data.synthetic import ensure_generated, write_h5, write_lists
+from benchmark.data.synthetic import GeneratorSpec, ensure_generated, write_h5, write_lists
 
 #: Bump when the image model changes: cached copies and trial identities then change with it.
 GENERATOR_VERSION = 1
@@ -26,9 +27,10 @@ FILE = "mri_norm2.h5"
 
 
 @dataclass(frozen=True)
-class VolumeSpec:
+class VolumeSpec(GeneratorSpec):
     """What to generate; equal specs give identical data."""
 
+    generator: ClassVar[str] = "synthetic-la"
     seed: int = 0
     shape: tuple[int, int, int] = (48, 48, 32)  # X, Y, Z of every volume
     train_cases: int = 12
@@ -58,15 +60,6 @@ class VolumeSpec:
     def to_dict(self) -> dict:
         return {**asdict(self), "shape": list(self.shape)}  # a list, so the JSON marker reads back equal
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "VolumeSpec":
-        """Build from a mapping; unknown keys are an error naming the key and the valid ones."""
-        valid = [f.name for f in fields(cls)]
-        unknown = sorted(k for k in d if k not in valid)
-        if unknown:
-            raise ValueError(f"unknown synthetic-la generator key(s) {', '.join(map(repr, unknown))}; "
-                             f"valid keys: {', '.join(valid)}")
-        return cls(**d)
 
 
 # ------------------------------------------------------------------------------------------ rendering
