@@ -312,7 +312,7 @@ def table(
     long = order_rows(label_cells(runs_to_long(frame, ckpt)), order)
     if long.empty or not any(c in long for c in ("dice",)):
         _fail(f"no run of suite {spec.name!r} has test metrics for checkpoint {ckpt!r}", 1)
-    ctx = TableContext(card.name, protocol.describe(), protocol.hd_units, ckpt, card.classes)
+    ctx = TableContext(card.name, protocol.describe(), protocol.hd_units, ckpt, card.classes, card.labeled.unit)
     _emit(render(long, format.value, ctx, per_class=per_class, cost=cost), out)
 
 

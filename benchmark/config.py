@@ -96,13 +96,8 @@ def _ints(value: Any) -> tuple[int, ...] | None:
     return None if value is None else tuple(int(v) for v in (value if isinstance(value, (list, tuple)) else [value]))
 
 
-def as_shape(value: int | Sequence[int], dims: int, where: str) -> tuple[int, ...]:
-    """A spatial shape as a tuple of `dims` positive ints; one int stands for a 2D square only."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        if dims != 2:
-            raise ConfigError(f"{where}: one integer ({value}) means a 2D square; this card is {dims}D, "
-                              f"give {dims} integers, e.g. {[value] * dims}")
-        value = (value, value)
+def as_shape(value: Sequence[int], dims: int, where: str) -> tuple[int, ...]:
+    """`value` checked as a spatial shape of `dims` positive ints (a suite's single int is already a 2D square)."""
     shape = tuple(int(v) for v in value)
     if len(shape) != dims or any(v < 1 for v in shape):
         raise ConfigError(f"{where}: expected {dims} positive integers for a {dims}D card (got {list(shape)}; "
@@ -138,7 +133,8 @@ class EvaluationProtocol:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "classes", _ints(self.classes))
-        object.__setattr__(self, "patch", _ints(self.patch))
+        patch = _ints(self.patch)
+        object.__setattr__(self, "patch", patch * 2 if patch is not None and len(patch) == 1 else patch)  # int: square
         object.__setattr__(self, "stride", _ints(self.stride))
         if self.spacing is not None:
             object.__setattr__(self, "spacing", tuple(float(v) for v in self.spacing))
@@ -163,8 +159,6 @@ class EvaluationProtocol:
         if net_dims is not None and net_dims != spatial_dims:
             raise ConfigError(f"{where}.inference: {self.inference} feeds a {net_dims}D network but the card's "
                               f"spatial_dims is {spatial_dims}; use sliding_window for {spatial_dims}D networks")
-        if self.patch is not None and len(self.patch) == 1 and spatial_dims == 2:
-            object.__setattr__(self, "patch", self.patch * 2)   # one int: a 2D square
         if self.patch is not None:
             as_shape(self.patch, spatial_dims, f"{where}.patch")
         if self.inference == "sliding_window":

@@ -14,6 +14,7 @@ from typing import Any, Callable, ClassVar, Iterable, NamedTuple
 import torch
 from torch import nn
 
+from benchmark.config import ConfigError, build_dataclass
 from benchmark.nets import build_network
 from benchmark.registry import Registry
 
@@ -105,13 +106,9 @@ class Method(ABC):
         before any training: raise ConfigError naming the field. The base checks the unlabeled batch (and
         `pairs_per_half`)."""
         if cls.uses_unlabeled and train.batch_size <= train.labeled_batch_size:
-            from benchmark.config import ConfigError
-
             raise ConfigError(f"{where}: this method needs unlabeled images in every batch: batch_size "
                               f"({train.batch_size}) must exceed labeled_batch_size ({train.labeled_batch_size})")
         if cls.pairs_per_half and min(train.labeled_batch_size, train.batch_size - train.labeled_batch_size) < 2:
-            from benchmark.config import ConfigError
-
             raise ConfigError(f"{where}: this method pairs images within the labeled and the unlabeled half-batch: "
                               f"labeled_batch_size and batch_size - labeled_batch_size must both be >= 2 (got "
                               f"{train.labeled_batch_size} and {train.batch_size - train.labeled_batch_size})")
@@ -188,8 +185,6 @@ class Method(ABC):
 
     @classmethod
     def make_config(cls, overrides: dict[str, Any], where: str) -> Any:
-        from benchmark.config import build_dataclass
-
         return build_dataclass(cls.Config, overrides, where)
 
     @classmethod

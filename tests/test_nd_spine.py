@@ -172,3 +172,15 @@ def test_supervised_unet_learns_the_synthetic_rgb_lesions(tmp_path):
                      trial.train, trial.labeled_rows, 0, tmp_path, trial.protocol, trial.card.classes,
                      device="cpu", progress=False).fit()
     assert result.summary["best_val"]["dice"] > 0.6
+
+
+def test_bench_ls_networks_lists_every_registered_net_with_its_constraints():
+    from benchmark.nets import NETWORKS
+
+    out = runner.invoke(app, ["ls", "networks"])
+    assert out.exit_code == 0, out.output
+    for name in NETWORKS.names():
+        assert name in out.output
+    assert "3D, patch axes multiple of 16" in out.output   # vnet
+    assert NETWORKS.get("vnet").problem((112, 112, 80)) is None
+    assert "multiple of 16" in NETWORKS.get("vnet").problem((112, 112, 81))

@@ -26,6 +26,7 @@ class TableContext:
     hd_units: str
     checkpoint: str
     classes: tuple[str, ...] = ()   # order of the per-class columns
+    unit: str = "patient"           # what a labeled count counts (the card's labeled.unit): patient | case
 
 
 def runs_to_long(frame: pd.DataFrame, checkpoint: str) -> pd.DataFrame:
@@ -120,8 +121,9 @@ def _blocks(agg: pd.DataFrame, columns: list[str]):
 
 def caption(ctx: TableContext, patients: int, rows: int, n_values: set[int]) -> str:
     n = "/".join(str(v) for v in sorted(n_values))
-    return (f"{ctx.dataset}, {patients} labeled patients ({rows} slices); mean ± std over n={n} seeds; "
-            f"protocol: {ctx.protocol}")
+    labeled = (f"{patients} labeled patients ({rows} slices)" if ctx.unit == "patient"
+               else f"{patients} labeled {'case' if patients == 1 else 'cases'}")
+    return f"{ctx.dataset}, {labeled}; mean ± std over n={n} seeds; protocol: {ctx.protocol}"
 
 
 Costs = tuple[list[str], dict[tuple[int, str], list[str]]]   # column names; (patients, method) -> cells

@@ -32,7 +32,8 @@ class Trial:
 
     @property
     def name(self) -> str:
-        return f"{self.method}-{self.labeled_patients}p-s{self.seed}"
+        unit = "p" if self.card.labeled.unit == "patient" else "c"   # 3 patients: 3p; 4 scans / images: 4c
+        return f"{self.method}-{self.labeled_patients}{unit}-s{self.seed}"
 
     def resolved(self) -> dict[str, Any]:
         """Everything that defines the result (no machine paths, no suite name): hashed into the identity."""
