@@ -131,8 +131,16 @@ def _patch_2d(patch: Any, stride: Any, name: str) -> tuple[int, ...]:
     return patch
 
 
+class Inferer2D(Inferer):
+    """An inferer that feeds a 2D network, resizing to its patch: built from a card's patch and resize."""
+
+    @classmethod
+    def from_fields(cls, patch, stride, resize) -> "Inferer":
+        return cls(_patch_2d(patch, stride, cls.name), resize)
+
+
 @INFERERS.register("slicewise", "2D network slice by slice on a volume (C, S, H, W), resized to the patch and back")
-class SliceWise(Inferer):
+class SliceWise(Inferer2D):
     """A 2D network applied to each slice (C, H, W) of a volume (C, S, H, W) at `patch`, slices stacked."""
 
     name = "slicewise"
@@ -141,10 +149,6 @@ class SliceWise(Inferer):
         self.patch = _ints(patch, "slicewise patch (P1, P2)", dims=2)
         self.resize = _check_resize(resize, self.name)
         self.chunk = _ints(chunk, "slicewise chunk")[0]
-
-    @classmethod
-    def from_fields(cls, patch, stride, resize) -> "Inferer":
-        return cls(_patch_2d(patch, stride, cls.name), resize)
 
     @torch.no_grad()
     def __call__(self, predict: Predictor, image: np.ndarray, device: torch.device) -> np.ndarray:
@@ -235,7 +239,7 @@ class SlidingWindow(Inferer):
 
 
 @INFERERS.register("whole_image", "2D network on the whole 2D image (C, H, W), resized to the patch and back")
-class WholeImage(Inferer):
+class WholeImage(Inferer2D):
     """A 2D image (C, H, W) resized to `patch`, predicted once, and its label map brought back to (H, W)."""
 
     name = "whole_image"
@@ -243,10 +247,6 @@ class WholeImage(Inferer):
     def __init__(self, patch: int | Sequence[int], resize: str = "nearest") -> None:
         self.patch = _ints(patch, "whole_image patch (P1, P2)", dims=2)
         self.resize = _check_resize(resize, self.name)
-
-    @classmethod
-    def from_fields(cls, patch, stride, resize) -> "Inferer":
-        return cls(_patch_2d(patch, stride, cls.name), resize)
 
     @torch.no_grad()
     def __call__(self, predict: Predictor, image: np.ndarray, device: torch.device) -> np.ndarray:
