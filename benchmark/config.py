@@ -96,6 +96,11 @@ def _ints(value: Any) -> tuple[int, ...] | None:
     return None if value is None else tuple(int(v) for v in (value if isinstance(value, (list, tuple)) else [value]))
 
 
+def as_patch(value: int | Sequence[int]) -> tuple[int, ...]:
+    """A patch as a tuple; one int (a suite's shorthand) is a 2D square."""
+    return (value, value) if isinstance(value, int) else tuple(int(v) for v in value)
+
+
 def as_shape(value: Sequence[int], dims: int, where: str) -> tuple[int, ...]:
     """`value` checked as a spatial shape of `dims` positive ints (a suite's single int is already a 2D square)."""
     shape = tuple(int(v) for v in value)
@@ -348,10 +353,7 @@ class TrainConfig:
     amp: str = "auto"                # auto: bf16 autocast on CUDA, fp32 on CPU | off
 
     def __post_init__(self) -> None:
-        if isinstance(self.patch_size, int):
-            object.__setattr__(self, "patch_size", (self.patch_size, self.patch_size))
-        else:
-            object.__setattr__(self, "patch_size", tuple(int(v) for v in self.patch_size))
+        object.__setattr__(self, "patch_size", as_patch(self.patch_size))
 
     @property
     def spatial_dims(self) -> int:

@@ -14,7 +14,7 @@ from typing import Any, Callable, ClassVar, Iterable, NamedTuple
 import torch
 from torch import nn
 
-from benchmark.config import ConfigError, build_dataclass
+from benchmark.config import ConfigError, as_patch, build_dataclass
 from benchmark.nets import build_network
 from benchmark.registry import Registry
 
@@ -39,7 +39,7 @@ class MethodContext:
     network_options: dict[str, Any] = dataclasses.field(default_factory=dict)  # for the default network
 
     def __post_init__(self) -> None:
-        self.patch = (self.patch, self.patch) if isinstance(self.patch, int) else tuple(self.patch)  # int: a 2D square
+        self.patch = as_patch(self.patch)   # one int: a 2D square
 
     @property
     def spatial_dims(self) -> int:

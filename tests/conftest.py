@@ -40,11 +40,14 @@ def tiny_card(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def acdc_root() -> Path | None:
+def real_data_root(marker: str) -> Path | None:
+    """$BENCH_DATA_ROOT when it holds `marker` (a dataset's list file), else None."""
     root = os.environ.get("BENCH_DATA_ROOT")
-    if root and (Path(root) / "ACDC" / "train_slices.list").is_file():
-        return Path(root)
-    return None
+    return Path(root) if root and (Path(root) / marker).is_file() else None
+
+
+def acdc_root() -> Path | None:
+    return real_data_root("ACDC/train_slices.list")
 
 
 requires_acdc = pytest.mark.skipif(
@@ -53,10 +56,7 @@ requires_acdc = pytest.mark.skipif(
 
 
 def la_root() -> Path | None:
-    root = os.environ.get("BENCH_DATA_ROOT")
-    if root and (Path(root) / "LA" / "train.list").is_file():
-        return Path(root)
-    return None
+    return real_data_root("LA/train.list")
 
 
 requires_la = pytest.mark.skipif(
