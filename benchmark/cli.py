@@ -245,14 +245,17 @@ def _suite_frame(suite: str, checkpoint: Optional[str], tracking_uri: Optional[s
     import dataclasses
 
     from benchmark import catalog
-    from benchmark.config import CHECKPOINT_RULES, EvaluationProtocol, build_dataclass
+    import pandas as pd
+
+    from benchmark.config import CHECKPOINT_RULES
+    from benchmark.run.trials import suite_protocol
     from benchmark.track import Tracker
 
     try:
         spec = catalog.get_suite(suite)
         card = catalog.get_card(spec.dataset)
-        protocol = build_dataclass(EvaluationProtocol, {**dataclasses.asdict(card.evaluation), **spec.protocol},
-                                   f"{spec.path}: protocol")
+        protocol = suite_protocol(spec, card)
+        own = {m: suite_protocol(spec, card, m).scoring_hash for m in spec.method_protocol}
     except (ConfigError, UnknownNameError) as exc:
         _fail(str(exc))
     ckpt = checkpoint or protocol.checkpoint
@@ -262,7 +265,10 @@ def _suite_frame(suite: str, checkpoint: Optional[str], tracking_uri: Optional[s
     tracker = Tracker(spec.name, tracking_uri)
     frame = tracker.finished_frame()
     if "tags.scoring_hash" in frame and not frame.empty:
-        other = frame["tags.scoring_hash"] != protocol.scoring_hash
+        # each run is scored under its method's protocol (the suite's, or its `method_protocol` entry)
+        methods = frame["tags.method"] if "tags.method" in frame else pd.Series("", index=frame.index)
+        expected = methods.map(lambda m: own.get(m, own.get(str(m).split(":")[0], protocol.scoring_hash)))
+        other = frame["tags.scoring_hash"] != expected
         if other.any():
             err.print(f"note: {int(other.sum())} finished run(s) scored under another protocol are left out")
         frame = frame[~other]
@@ -312,8 +318,17 @@ def table(
     long = order_rows(label_cells(runs_to_long(frame, ckpt)), order)
     if long.empty or not any(c in long for c in ("dice",)):
         _fail(f"no run of suite {spec.name!r} has test metrics for checkpoint {ckpt!r}", 1)
-    ctx = TableContext(card.name, protocol.describe(), protocol.hd_units, ckpt, card.classes, card.labeled.unit)
+    ctx = TableContext(card.name, _protocol_note(spec, protocol), protocol.hd_units, ckpt, card.classes, card.labeled.unit)
     _emit(render(long, format.value, ctx, per_class=per_class, cost=cost), out)
+
+
+def _protocol_note(spec, protocol) -> str:
+    """The suite's protocol, plus the methods a reference tests differently (`method_protocol`)."""
+    if not spec.method_protocol:
+        return protocol.describe()
+    own = "; ".join(f"{m}: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in values.items())
+                    for m, values in spec.method_protocol.items())
+    return f"{protocol.describe()}; per method, as its reference tests: {own}"
 
 
 def _emit(text: str, out: Optional[Path]) -> None:
@@ -349,7 +364,7 @@ def _layout_table(suite, layout, fmt, show, out, checkpoint, stand_in, significa
                 frame = pd.concat([frame, tuned[tuned["tags.method"].notna()]], ignore_index=True)
         runs = lbm.runs_to_layout_frame(frame, protocol.checkpoint)
         hd_units = protocol.hd_units
-        note = f"suite {spec.name} on {card.name}, protocol: {protocol.describe()}"
+        note = f"suite {spec.name} on {card.name}, protocol: {_protocol_note(spec, protocol)}"
         if significance and not runs.empty:
             cases = case_table(runs, protocol.checkpoint)
         if runs.empty:

@@ -388,6 +388,8 @@ class Suite:
     method_train: dict[str, dict[str, Any]]   # per-method Trainer overrides (e.g. a reference's lr schedule)
     protocol: dict[str, Any]
     path: Path | None = None
+    # per-method evaluation overrides where a reference tests differently (LA: largest component on or off)
+    method_protocol: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def load_suite(path: Path) -> Suite:
@@ -395,7 +397,7 @@ def load_suite(path: Path) -> Suite:
     raw = read_yaml(path)
     where = str(path)
     known = {"name", "description", "dataset", "labeled", "methods", "seeds", "train", "method_config",
-             "method_train", "protocol"}
+             "method_train", "method_protocol", "protocol"}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ConfigError(f"{where}: unknown field(s) {', '.join(unknown)}; valid fields: {', '.join(sorted(known))}")
@@ -415,6 +417,7 @@ def load_suite(path: Path) -> Suite:
         train=dict(raw.get("train") or {}), method_config=dict(raw.get("method_config") or {}),
         method_train=dict(raw.get("method_train") or {}),
         protocol=dict(raw.get("protocol") or {}), path=Path(path),
+        method_protocol=dict(raw.get("method_protocol") or {}),
     )
 
 

@@ -17,6 +17,7 @@ run killed at a stage boundary resumes in the next stage with that stage's start
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import random
@@ -159,6 +160,8 @@ class Trainer:
         problems += [f"stage {st.name!r} has {st.iterations} iterations" for st in stages if st.iterations < 1]
         problems += [f"stage {st.name!r}: init must be continue or best_val (got {st.init!r})"
                      for st in stages if st.init not in ("continue", "best_val")]
+        problems += [f"stage {st.name!r}: lr_schedule must be poly, constant or step (got {st.lr_schedule!r})"
+                     for st in stages if st.lr_schedule not in (None, "poly", "constant", "step")]
         if stages and stages[0].init != "continue":
             problems.append(f"the first stage ({stages[0].name!r}) has no previous stage to take weights from")
         if problems:
@@ -174,8 +177,10 @@ class Trainer:
         self.stage_index = index
         stage = self.stages[index]
         self.best = {k: (-1.0, -1) for k in self.selections}
-        if stage.init == "best_val" and "best_val" in self.selections:   # without a val split: continue
-            weights = torch.load(self.weights_path("best_val", index - 1), map_location=self.device, weights_only=False)
+        # the previous stage's best on val; without val, its best on test where the protocol selects so; else continue
+        chosen = next((k for k in ("best_val", "best_test") if k in self.selections), None)
+        if stage.init == "best_val" and chosen is not None:
+            weights = torch.load(self.weights_path(chosen, index - 1), map_location=self.device, weights_only=False)
             self.method.load_state_dict(weights, weights_only=True)
         self.method.start_stage(stage, index)
         for key, opt in self.method.optimizers().items():  # optimisers a stage (re)creates start at their own lr
@@ -220,7 +225,9 @@ class Trainer:
     # ----------------------------------------------------------------------------------------- loop
     def _set_lr(self, step: int) -> None:
         """lr for `step` counted within the current stage (each stage restarts its schedule)."""
-        factor = lr_factor(step, self.cfg, self.stages[self.stage_index].iterations)
+        stage = self.stages[self.stage_index]
+        cfg = self.cfg if stage.lr_schedule is None else dataclasses.replace(self.cfg, lr_schedule=stage.lr_schedule)
+        factor = lr_factor(step, cfg, stage.iterations)
         for key, opt in self.method.optimizers().items():
             for group, base in zip(opt.param_groups, self.base_lrs[key]):
                 group["lr"] = base * factor

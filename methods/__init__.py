@@ -7,3 +7,7 @@ from methods import (  # noqa: F401  (registration)
     supervised, mean_teacher, ua_mt, entropy_min, cps, ict, cct, urpc, dan, mcnet, bcp, ict_med, ctct, advmim,
     fixmatch, semsim, dct, ssnet, cml,
 )
+# LA (3D) methods with modules of their own (one import line each)
+# -- import: sassnet/dtc --
+# -- import: caml --
+# -- import: mcf --

@@ -63,12 +63,16 @@ class Stage:
     """One phase of a method's training, run by the Trainer in order (e.g. BCP / CML: pre-train, self-train).
 
     `step` in `train_step` counts from 0 within the stage, and the lr schedule restarts with it. With
-    `init="best_val"` the Trainer loads the previous stage's best-on-val weights before the stage starts.
+    `init="best_val"` the Trainer loads the previous stage's selected weights before the stage starts: its
+    best on val; on a card without val, its best on test where the protocol selects on test (the LA codebases
+    BCP and CML do so), else the weights as they are. `lr_schedule` overrides the Trainer's schedule for this
+    stage (e.g. BCP / CML LA: constant while pre-training, step decay while self-training).
     """
 
     name: str
     iterations: int
-    init: str = "continue"   # continue (keep the weights as they are) | best_val (previous stage's best on val)
+    init: str = "continue"   # continue (keep the weights as they are) | best_val (previous stage's selected weights)
+    lr_schedule: str | None = None   # poly | constant | step; None: the Trainer's (TrainConfig.lr_schedule)
 
 
 class Method(ABC):

@@ -60,6 +60,13 @@ NETWORKS.add("patch-discriminator",
                          role="discriminator"),
              "AdvMIM's patch discriminator on softmax maps")
 
+# LA (3D) networks of the V-Net family (one NETWORKS.add block per group below its anchor)
+# -- nets: sassnet/dtc --
+# -- nets: mc-net/caml --
+# -- nets: urpc/ss-net --
+# -- nets: cml --
+# -- nets: mcf --
+
 
 def build_network(name: str, in_channels: int, num_classes: int, **options: Any) -> nn.Module:
     """Instantiate a registered network by name; `options` go to its constructor (e.g. Swin-UNet's img_size)."""

@@ -76,17 +76,12 @@ def expand(suite: Suite, methods: Sequence[str] | None = None, seeds: Sequence[i
     if test_cases is not None and test_cases < 1:
         raise ConfigError(f"--test-cases must be >= 1 (got {test_cases})")
     presets = {m: catalog.preset_overrides(m) for m in chosen}
-    for name in (*suite.method_config, *suite.method_train):
+    for name in (*suite.method_config, *suite.method_train, *suite.method_protocol):
         catalog.method_class(name)
-
-    def layered(table: dict[str, dict[str, Any]], method: str, preset: dict[str, Any] | None = None) -> dict[str, Any]:
-        """`advmim:no-adv` takes the suite's entry for `advmim`, then the preset's values, then its own entry."""
-        base = catalog.split_variant(method)[0]
-        return {**table.get(base, {}), **(preset or {}), **(table.get(method, {}) if method != base else {})}
 
     def train_for(method: str) -> TrainConfig:
         """Suite `train`, then the method's `method_train`, then the command line (which wins)."""
-        values = {**suite.train, **layered(suite.method_train, method), **(train_overrides or {})}
+        values = {**suite.train, **method_overrides(suite.method_train, method), **(train_overrides or {})}
         if iterations is not None:
             values["iterations"] = iterations
         label = f"{where}: train" if method not in suite.method_train else f"{where}: train + method_train.{method}"
@@ -96,25 +91,42 @@ def expand(suite: Suite, methods: Sequence[str] | None = None, seeds: Sequence[i
         return cfg
 
     trains = {m: train_for(m) for m in classes}
-    ev = dataclasses.asdict(card.evaluation)
-    protocol = build_dataclass(EvaluationProtocol, {**ev, **suite.protocol}, f"{where}: protocol")
-    protocol.validate(f"{where}: protocol", card.num_classes, card.spatial_dims)
+    protocols = {m: suite_protocol(suite, card, m) for m in classes}
     splits = open_splits(card, data_root)
     trials = []
     for setting in suite.labeled:
         patients = card.labeled.patients(setting, f"{where}: labeled")
         rows = splits.labeled_rows(patients)
         for method, cls in classes.items():
-            cfg = cls.make_config(layered(suite.method_config, method, presets[method]),
+            cfg = cls.make_config(method_overrides(suite.method_config, method, presets[method]),
                                   f"{where}: method_config.{method}")
             cls.check(cfg, trains[method], f"{where}: {method}")
             if cls.uses_unlabeled and rows == len(splits.train):
                 raise ConfigError(f"{where}: {method} needs unlabeled data but {setting!r} labels all "
                                   f"{rows} training rows; drop that setting or use supervised")
             for seed in (seeds if seeds is not None else suite.seeds):
-                trials.append(Trial(suite.name, card, protocol, patients, rows, splits.fingerprint, method,
+                trials.append(Trial(suite.name, card, protocols[method], patients, rows, splits.fingerprint, method,
                                     cls.config_dict(cfg), trains[method], int(seed), test_cases))
     return trials
+
+
+def method_overrides(table: dict[str, dict[str, Any]], method: str, preset: dict[str, Any] | None = None
+                     ) -> dict[str, Any]:
+    """A suite table's entry for `method`: `advmim:no-adv` takes the entry for `advmim`, then the preset's
+    values, then its own entry."""
+    base = catalog.split_variant(method)[0]
+    return {**table.get(base, {}), **(preset or {}), **(table.get(method, {}) if method != base else {})}
+
+
+def suite_protocol(suite: Suite, card: DatasetCard, method: str | None = None) -> EvaluationProtocol:
+    """The card's evaluation, then the suite's `protocol`, then (for `method`) its `method_protocol` entry."""
+    where = str(suite.path or suite.name)
+    own = method_overrides(suite.method_protocol, method) if method else {}
+    label = f"{where}: protocol" + (f" + method_protocol.{method}" if own else "")
+    protocol = build_dataclass(EvaluationProtocol, {**dataclasses.asdict(card.evaluation), **suite.protocol, **own},
+                               label)
+    protocol.validate(label, card.num_classes, card.spatial_dims)
+    return protocol
 
 
 def check_trainable(method: str, cls: type, train: TrainConfig, dims: int, where: str) -> None:
