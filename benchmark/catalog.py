@@ -125,7 +125,7 @@ def describe(kind: str, reported: bool = False) -> list[tuple[str, str]]:
         from benchmark.nets import NETWORKS
 
         return [(e.name, f"{'/'.join(map(str, e.obj.dims))}D, patch axes multiple of {e.obj.multiple}"
-                 f"{', square' if e.obj.square else ''}{', discriminator' if e.obj.role != 'segmentation' else ''}: "
+                 f"{', square' if e.obj.square else ''}{'' if e.obj.role == 'segmentation' else f', {e.obj.role} net'}: "
                  f"{e.description}") for e in NETWORKS]
     raise UnknownNameError("listing", kind, ["methods", "datasets", "suites", "networks"])
 

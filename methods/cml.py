@@ -1,6 +1,7 @@
-"""CML: Cross-View Mutual Learning (Wu et al., ACM MM 2024; `shared/papers/cml.md` §3), 2D ACDC version.
+"""CML: Cross-View Mutual Learning (Wu et al., ACM MM 2024; `shared/papers/cml.md` §3), 2D ACDC and 3D LA.
 Reference code: SongwuJob/CML @1229a71 `code/CML_ACDC_train.py`, `code/utils/CML_utils.py`,
-`code/utils/losses.py::mask_DiceLoss`, `code/networks/unet.py`, `code/utils/val_2d.py` (PROTOCOLS.md §3.3).
+`code/utils/losses.py::mask_DiceLoss`, `code/networks/unet.py`, `code/utils/val_2d.py` (PROTOCOLS.md §3.3);
+on LA `code/CML_LA_train.py`, `code/networks/VNet.py`, `code/utils/test_3d_patch.py` (the 3D section below).
 
 Paper, and this module (names as in §3):
 - Two sub-networks E_i + D_i with no shared parameters (`variant: paper`, `benchmark/nets/cml.py`): D0
@@ -36,7 +37,8 @@ bilinear decoder each run twice, so the "two views" differ only by encoder dropo
 Departures and choices the paper leaves open:
 - Optimiser at the hand-over: the released code reloads the optimiser state saved with the best
   pre-training checkpoint; the Trainer keeps weights only, so self-training starts a FRESH SGD optimiser
-  (zero momentum) on the best weights rather than the last pre-training step's momentum.
+  (zero momentum) on the best weights rather than the last pre-training step's momentum (`fresh_optimizer:
+  true`, the default; `false` keeps the pre-training optimiser, as the LA suites do).
 - Box position: uniformly random (`benchmark.mixing.sample_box`, which, like the released
   `generate_mask_2D`, never places the box flush with the bottom/right border). The paper's "zero-centred
   mask" could also mean a box in the image centre: `box_position: center`.
@@ -49,6 +51,39 @@ Departures and choices the paper leaves open:
   CutMix, two stages), and the plain `supervised` method is the other reading.
 - Pseudo-labels come from a forward pass in train mode (dropout on, BatchNorm statistics updated), as the
   released code; the paper does not say.
+
+3D (LA), SongwuJob/CML@1229a71:code/CML_LA_train.py ("the LA script"). The same algorithm and code path; where
+it differs from the ACDC one:
+- Network: `cml-vnet` (`benchmark/nets/cml.py::CoTrainingVNet`, 19,724,612 parameters at width 16), built
+  with the suite's `network_options`: two V-Net encoders and two decoders with no shared parameters, decoder 1
+  transposed convs, decoder 2 trilinear up-sampling + 3x3x3 conv (`networks/VNet.py` L232-235). The paper and
+  the LA code agree here, so `variant` has no effect in 3D (`cml:released` on LA = the LA release: the same
+  network, logits averaged). Branch 0 is the transposed-conv one (the LA script's `outputs1`). L_dis compares
+  the encoders' bottlenecks x5 after their dropout (`Decoder.forward(..., with_feature=True)`).
+- Weights (paper §4.2 and L39-42): lambda_1 = u_weight = 1.0, lambda_2 = dis_weight = 0.2, l_weight 1.0; loss =
+  loss_l + loss_u + 0.2 (dis_l + dis_u) (L253-285) = L_sup^l + lambda_1 L_sup^u + lambda_2 (L_dis^l + L_dis^u),
+  Eq. 4, the 2D code path; pre-training L_sup^l + 0.2 L_dis^l (L155-157), Eq. 11. `supervison_loss` =
+  (CE + `mask_DiceLoss`) / 2 (CML_utils.py L20-29): `dice: per_sample`, as in 2D.
+- Box (`generate_mask_3D`, CML_utils.py L31-41): int(beta * side) per axis, beta = 2/3 (74 x 74 x 53 on 112 x
+  112 x 80), start uniform in [0, S - s) (numpy randint): `sample_box`. One box for the labeled pairs, a second
+  for the unlabeled pairs (L238, L262), image a outside and b inside (L241, L264), as in 2D.
+- Pseudo-labels (`get_cut_mask`, L45-51): each branch's foreground softmax >= 0.5 from a no-grad pass of the
+  current model over the unmixed unlabeled batch in train mode (L257-261; ACDC: argmax, which differs only on
+  exact ties), then the largest 3D connected component (skimage's full 26-connectivity, `LargestCC_pancreas`
+  L53-64). Selected by the patch's dimensions (3D with 2 classes). Targets (L267-268): Eq. 9 as in 2D.
+- Stages: pre-training 2000 iterations at a constant lr (no lr code in `pre_train`), self-training 15000 with x0.1
+  every 2500 (L300-304): in 3D the pre-training stage carries `lr_schedule="constant"` and self-training follows
+  the Trainer's (the suites' `step`). `pretrain_fraction` 2/15 of the 15000 budget.
+- Hand-over: the LA script reloads the best pre-training checkpoint's weights AND optimiser state
+  (`load_net_opt`, L216-217). The Trainer hands over weights only; `fresh_optimizer: false` (LA) keeps the
+  pre-training optimiser (its momentum from the LAST pre-training step, not from the best one; the two
+  coincide when the best is the last), `fresh_optimizer: true` (default, the 2D choice above) starts a new one.
+  A Config option rather than a rule by dimension: both scripts reload the optimiser, so the choice is the
+  same approximation either way and the suite states it.
+- Inference: `utils/test_3d_patch.py` L126-128 averages the two branches' LOGITS before the softmax
+  (`ensemble: logits`, which the LA suites set); the paper (§3.3) averages the probability maps, the default.
+- Not method settings (suite tables): batch 8 (4 + 4), SGD 0.01 momentum 0.9 wd 1e-4; best on the TEST list
+  every 200 iterations in both stages (L170-183, L306-321); `test_LA.py` nms 1 (largest component).
 """
 from __future__ import annotations
 
@@ -79,6 +114,7 @@ class CMLConfig:
     box_position: str = "random"      # random (released code) | center
     dice: str = "per_sample"          # per_sample (released mask_DiceLoss) | ssl4mis
     ensemble: str = "probs"           # probs: mean softmax (paper) | logits: mean logits (released code)
+    fresh_optimizer: bool = True      # a new SGD optimiser for self-training; False: keep it (LA load_net_opt)
 
     def __post_init__(self) -> None:
         choices = {"variant": ("paper", "released"), "box_position": ("random", "center"),
@@ -100,12 +136,12 @@ def feature_discrepancy(features: torch.Tensor, other: torch.Tensor) -> torch.Te
 
 def heterogeneous_targets(pseudo0: torch.Tensor, pseudo1: torch.Tensor, inside: torch.Tensor
                           ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eq. 9 for the pairs (X_p, X_q) = (first half, second half) of the unlabeled batch. `pseudo_i` (2k, H, W)
-    is branch i's pseudo-label of the whole unmixed batch. Branch i's target: the other branch's label of X_p
-    outside the box, its own label of X_q inside the box."""
-    k = pseudo0.shape[0] // 2
-    return (paste(pseudo1[:k], pseudo0[k:2 * k], inside),
-            paste(pseudo0[:k], pseudo1[k:2 * k], inside))
+    """Eq. 9 for the pairs (X_p, X_q) = (first half, second half) of the unlabeled batch. `pseudo_i`
+    (2k, *spatial) is branch i's pseudo-label of the whole unmixed batch, `inside` the (*spatial) box mask.
+    Branch i's target: the other branch's label of X_p outside the box, its own label of X_q inside the box."""
+    k, dims = pseudo0.shape[0] // 2, inside.dim()
+    return (paste(pseudo1[:k], pseudo0[k:2 * k], inside, dims),
+            paste(pseudo0[:k], pseudo1[k:2 * k], inside, dims))
 
 
 def centred_box(shape: tuple[int, ...], side_ratio: float) -> Box:
@@ -119,7 +155,8 @@ def centred_box(shape: tuple[int, ...], side_ratio: float) -> Box:
 class CML(Method):
     Config = CMLConfig
     pairs_per_half = True   # copy-paste / CutMix pair two images within each half-batch
-    networks = ("unet",)  # builds its own UNet variant, cml-unet-2d
+    dims = (2, 3)
+    networks = ("unet", "vnet")  # builds its own variant: cml-unet-2d (2D), cml-vnet (3D)
     presets = {
         "released": {"variant": "released", "ensemble": "logits"},  # the released 2D code as it runs
         # Table 4 (loss ablation); its last row (all three losses) is plain `cml`
@@ -135,7 +172,10 @@ class CML(Method):
 
     def __init__(self, cfg: CMLConfig, ctx: MethodContext) -> None:
         super().__init__(cfg, ctx)
-        self.net = ctx.build_network("cml-unet-2d", shared=cfg.variant == "released")
+        if ctx.spatial_dims == 3:   # the LA release has the paper's two V-Nets: no shared variant
+            self.net = ctx.build_network("cml-vnet", **ctx.network_options)
+        else:
+            self.net = ctx.build_network("cml-unet-2d", shared=cfg.variant == "released")
         self.optimizer = ctx.make_optimizer(self.net.parameters())
         self.stage = self.stages()[0].name
 
@@ -148,11 +188,12 @@ class CML(Method):
         selftrain = Stage("selftrain", self.ctx.iterations, init="best_val")
         if self.pretrain_iterations == 0:
             return [Stage("selftrain", self.ctx.iterations)]
-        return [Stage("pretrain", self.pretrain_iterations), selftrain]
+        schedule = "constant" if self.ctx.spatial_dims == 3 else None   # LA: no lr update while pre-training
+        return [Stage("pretrain", self.pretrain_iterations, lr_schedule=schedule), selftrain]
 
     def start_stage(self, stage: Stage, index: int) -> None:
         self.stage = stage.name
-        if index > 0:  # fresh optimiser on the best pre-training weights (see the module docstring)
+        if index > 0 and self.cfg.fresh_optimizer:  # a new optimiser on the best pre-training weights (docstring)
             self.optimizer = self.ctx.make_optimizer(self.net.parameters())
 
     # ---- pieces -----------------------------------------------------------------------------------
@@ -177,7 +218,13 @@ class CML(Method):
         return x[:k], x[k:2 * k]
 
     def pseudo_labels(self, logits: torch.Tensor) -> torch.Tensor:
-        labels = logits.detach().argmax(1)
+        """argmax (2D, ACDC) or, in 3D with 2 classes, foreground softmax >= 0.5 (LA `get_cut_mask`); then the
+        per-class largest connected component when `largest_component`."""
+        logits = logits.detach()
+        if self.ctx.spatial_dims == 3 and logits.shape[1] == 2:
+            labels = (logits.float().softmax(1)[:, 1] >= 0.5).long()
+        else:
+            labels = logits.argmax(1)
         return largest_component_per_sample(labels, self.ctx.num_classes) if self.cfg.largest_component else labels
 
     def branch_losses(self, outputs: tuple[torch.Tensor, ...], targets: tuple[torch.Tensor, torch.Tensor] | None
@@ -193,7 +240,7 @@ class CML(Method):
         x, y = labeled
         if self.cfg.cutmix:  # Eqs. 5-7
             (xa, xb), (ya, yb), inside = self.halves(x, "labeled"), self.halves(y, "labeled"), self.box(x)
-            x, y = paste(xa, xb, inside), paste(ya, yb, inside)
+            x, y = paste(xa, xb, inside, inside.dim()), paste(ya, yb, inside, inside.dim())
         return self.branch_losses(self.net(x), (y, y))
 
     def unlabeled_losses(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -206,7 +253,7 @@ class CML(Method):
             with torch.no_grad():
                 logits0, logits1, _, _ = self.net(u)
             targets = heterogeneous_targets(self.pseudo_labels(logits0), self.pseudo_labels(logits1), inside)
-        return self.branch_losses(self.net(paste(up, uq, inside)), targets)
+        return self.branch_losses(self.net(paste(up, uq, inside, inside.dim())), targets)
 
     # ---- the step -----------------------------------------------------------------------------------
     def train_step(self, labeled: Labeled, unlabeled: torch.Tensor | None, step: int) -> dict[str, torch.Tensor]:

@@ -1,9 +1,10 @@
 """SS-Net (Wu et al., MICCAI 2022, "Exploring smoothness and class-separation for semi-supervised medical image
 segmentation"), 2D ACDC version: ycwu1997/SS-Net @c0a8bf6 `code/train_ss_2d.py` (PROTOCOLS.md §3.7), with
 `code/networks/unet.py`, `code/utils/losses.py` (DiceLoss, softDiceLoss, VAT2d), `code/utils/feature_memory.py`
-and `code/utils/contrastive_losses.py` (both adapted there from Shathe/SemiSeg-Contrastive).
+and `code/utils/contrastive_losses.py` (both adapted there from Shathe/SemiSeg-Contrastive); the LA (3D) version
+`code/train_ss_3d.py` in the same class, its differences listed at the end.
 
-What the reference does, and this module does too:
+What the reference does, and this module does too (2D):
 - Network: the plain SSL4MIS UNet, which also returns its finest decoder features (16 channels, full
   resolution; `UNet2D.forward_with_decoder_features`), plus SS-Net's heads (`SSNetHeads`): projection 16->32 and
   prediction 32->32 MLPs (Linear, BN1d, ReLU, Linear) and, per class, two "selector" MLPs (Linear 32->32,
@@ -34,21 +35,51 @@ What the reference does, and this module does too:
 
 Not a method setting but in the suites: SS-Net on ACDC trains with a constant lr (SGD 0.01, momentum 0.9,
 weight decay 1e-4), batch 24 (12 labeled), patch 256, 30 000 iterations.
+
+3D (LA): ycwu1997/SS-Net@c0a8bf6:code/train_ss_3d.py ("the 3D script") with `code/networks/VNet.py`, `VAT3d` and
+`Binary_dice_loss` in `code/utils/losses.py`. The same algorithm and the same memory / contrastive code
+(`feature_memory.py`, `contrastive_losses.py` serve both scripts); where the 3D script differs from the 2D one:
+- Network: the V-Net (`vnet-ssnet`, `benchmark/nets/vnet_variants.py`) with the heads built into the network
+  (`VNet.py` L245-275; 9,457,318 parameters at width 16), so on LA they are `model.heads`, not a second module;
+  built with the suite's `network_options`. The features are the V-Net's x9 AFTER its pre-head Dropout3d(0.5)
+  (`VNet.py` L232-237; the 2D UNet's features have no dropout after them), 16 channels, per voxel
+  (`permute(0, 2, 3, 4, 1)`, 3D script L123, L147).
+- Classes: 2 (L60), so only the foreground class ever gets memory entries and the separation sums are / 2.
+- Supervised loss (L159): `Binary_dice_loss(softmax[:, 1], label == 1)` = 1 - (2 sum(p t) + 1e-8) /
+  (sum p + sum t + 1e-8) over the labeled batch: the foreground only, LINEAR denominators, eps 1e-8 (2D:
+  `DiceLoss` mean over all classes, squared denominators, 1e-10). `supervised_dice` = "binary" (LA).
+- VAT distance (`VAT3d`, losses.py L124-153): the same `Binary_dice_loss` between the two (B, 2, ...) softmax
+  maps taken as one tensor (all channels summed together), instead of `softDiceLoss(4)` per class.
+  `vat_distance` = "binary" (LA). Perturbation: uniform(-0.5, 0.5) noise normalised per sample over all its
+  voxels (`_l2_normalize`, n-D as written), xi 10, epsilon = `--magnitude` 10 (L37, L93), one power iteration,
+  BN running statistics frozen in the probe and adversarial passes: as in 2D.
+- Weight 1.0 * sigmoid_rampup(iter // 150, 40) (L35-36, L175) computed AFTER iter is incremented (L163), so
+  step t (0-based) uses (t + 1) // 150 (2D: t // 150): `rampup_step_offset` = 1 (LA).
+- Memory sampling: the same rule (correct, non-background labeled voxels; > 32 of a class -> the selector's 32
+  lowest scores), over the voxels of the two labeled volumes.
+- Unchanged from 2D: the order of the passes, the VAT on the whole batch, and here the two-part backward (the
+  main part, then VAT's; the reference's single backward gives the same gradient).
+- Not method settings (suite tables): batch 4 (2+2), 15000 iterations, SGD 0.01 x0.1 every 2500 (L232-235);
+  best on the TEST list every 200 iterations from 2000 (L237-249); `test_LA.py` nms 1 (largest component).
 """
 from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
 from itertools import chain
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from benchmark.config import ConfigError
 from benchmark.losses import dice_loss, soft_dice_loss
+from benchmark.nets.vnet_variants import SSNetHeads
 from benchmark.schedules import RampedConsistency
 from methods.base import METHODS, Labeled, Method, MethodContext
+
+DICE_FORMS = ("classes", "binary")
 
 
 @dataclass
@@ -59,25 +90,22 @@ class SSNetConfig(RampedConsistency):
     separation_weight: float = 0.1     # inside the ramped weight: w * (vat + 0.1 * (sep_l + sep_u))
     memory_size: int = 32              # memory entries per class
     memory_keep_highest: bool = False  # reference: ascending sort keeps the lowest-scored features
-    dice_smooth: float = 1e-10
+    dice_smooth: float = 1e-10         # the "classes" Dice (2D DiceLoss / softDiceLoss)
+    supervised_dice: str = "classes"   # classes: 2D DiceLoss over all classes | binary: 3D Binary_dice_loss (class 1)
+    vat_distance: str = "classes"      # classes: 2D softDiceLoss per class | binary: 3D Binary_dice_loss, all channels
+    binary_dice_eps: float = 1e-8      # Binary_dice_loss's ep
+    rampup_step_offset: int = 0        # 2D: weight(t // 150); the 3D script increments iter first: 1
+
+    def __post_init__(self) -> None:
+        for name in ("supervised_dice", "vat_distance"):
+            if getattr(self, name) not in DICE_FORMS:
+                raise ConfigError(f"ss-net: {name} must be one of {', '.join(DICE_FORMS)} "
+                                  f"(got {getattr(self, name)!r})")
 
 
-def _mlp(d_in: int, d_out: int, act: nn.Module, width: int = 32) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(d_in, width), nn.BatchNorm1d(width), act, nn.Linear(width, d_out))
-
-
-class SSNetHeads(nn.Module):
-    """Projection / prediction MLPs and per-class selectors (scores for batch features and memory features)."""
-
-    def __init__(self, num_classes: int, feature_dim: int = 16, dim: int = 32) -> None:
-        super().__init__()
-        self.projection = _mlp(feature_dim, dim, nn.ReLU(inplace=True))
-        self.prediction = _mlp(dim, dim, nn.ReLU(inplace=True))
-        self.selectors = nn.ModuleList(_mlp(dim, 1, nn.LeakyReLU(0.2, inplace=True)) for _ in range(num_classes))
-        self.memory_selectors = nn.ModuleList(_mlp(dim, 1, nn.LeakyReLU(0.2, inplace=True)) for _ in range(num_classes))
-
-    def embed(self, features: torch.Tensor) -> torch.Tensor:
-        return self.prediction(self.projection(features))
+def binary_dice_loss(probs: torch.Tensor, target: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """SS-Net `Binary_dice_loss`: 1 - (2 sum(p t) + eps) / (sum p + sum t + eps), every sum over all elements."""
+    return 1 - (2 * (probs * target).sum() + eps) / (probs.sum() + target.sum() + eps)
 
 
 @contextlib.contextmanager
@@ -98,25 +126,35 @@ def l2_normalise(d: torch.Tensor) -> torch.Tensor:
     return d / (d.flatten(1).norm(dim=1).view(-1, *([1] * (d.dim() - 1))) + 1e-8)
 
 
+Distance = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def class_dice_distance(probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """VAT2d's distance: `softDiceLoss`, the per-class soft Dice (squared denominators, 1e-10) averaged."""
+    return soft_dice_loss(probs, target, 1e-10)
+
+
 def vat_perturbation(model: nn.Module, x: torch.Tensor, target: torch.Tensor, xi: float, epsilon: float,
-                     iterations: int = 1) -> torch.Tensor:
-    """r_adv = epsilon * (normalised gradient of soft-Dice(softmax(model(x + xi d)), target) w.r.t. d)."""
+                     iterations: int = 1, distance: Distance = class_dice_distance) -> torch.Tensor:
+    """r_adv = epsilon * (normalised gradient of distance(softmax(model(x + xi d)), target) w.r.t. d); each
+    sample's d has L2 norm 1 over all its elements (any number of spatial axes)."""
     d = l2_normalise(torch.rand_like(x) - 0.5)
     for _ in range(iterations):
         d.requires_grad_(True)
-        distance = soft_dice_loss(model(x + xi * d).float().softmax(1), target, 1e-10)
-        (grad,) = torch.autograd.grad(distance, d)
+        dist = distance(model(x + xi * d).float().softmax(1), target)
+        (grad,) = torch.autograd.grad(dist, d)
         d = l2_normalise(grad)
     return epsilon * d
 
 
-def vat_loss(model: nn.Module, x: torch.Tensor, xi: float, epsilon: float, iterations: int = 1) -> torch.Tensor:
-    """SS-Net's local distributional smoothness: soft Dice between f(x + r_adv) and f(x) (a no-grad pass)."""
+def vat_loss(model: nn.Module, x: torch.Tensor, xi: float, epsilon: float, iterations: int = 1,
+             distance: Distance = class_dice_distance) -> torch.Tensor:
+    """SS-Net's local distributional smoothness: `distance` between f(x + r_adv) and f(x) (a no-grad pass)."""
     with torch.no_grad():
         target = model(x).float().softmax(1)
     with frozen_bn_stats(model):
-        r_adv = vat_perturbation(model, x, target, xi, epsilon, iterations)
-        return soft_dice_loss(model(x + r_adv).float().softmax(1), target, 1e-10)
+        r_adv = vat_perturbation(model, x, target, xi, epsilon, iterations, distance)
+        return distance(model(x + r_adv).float().softmax(1), target)
 
 
 def separation_loss(features: torch.Tensor, labels: torch.Tensor, memory: list[torch.Tensor | None],
@@ -139,25 +177,50 @@ def separation_loss(features: torch.Tensor, labels: torch.Tensor, memory: list[t
 @METHODS.register("ss-net", "VAT smoothness + class-wise prototype pull on decoder features, Dice only (SS-Net)")
 class SSNet(Method):
     Config = SSNetConfig
-    networks = ("unet",)  # uses the SSL4MIS UNet's decoder features
+    dims = (2, 3)
+    networks = ("unet", "vnet")  # the SSL4MIS UNet's decoder features (2D); SS-Net's V-Net, vnet-ssnet (3D)
 
     def __init__(self, cfg: SSNetConfig, ctx: MethodContext) -> None:
         super().__init__(cfg, ctx)
-        self.model = ctx.build_network("unet")
-        self.heads = SSNetHeads(ctx.num_classes)
-        self.optimizer = ctx.make_optimizer(chain(self.model.parameters(), self.heads.parameters()))
+        if "binary" in (cfg.supervised_dice, cfg.vat_distance) and ctx.num_classes != 2:
+            raise ConfigError(f"ss-net: the binary Dice (supervised_dice / vat_distance) needs 2 classes "
+                              f"(got {ctx.num_classes})")
+        if ctx.spatial_dims == 3:   # the heads are part of SS-Net's V-Net (model.heads)
+            self.model = ctx.build_network("vnet-ssnet", **ctx.network_options)
+            self.optimizer = ctx.make_optimizer(self.model.parameters())
+        else:
+            self.model = ctx.build_network("unet")
+            self.heads = SSNetHeads(ctx.num_classes)
+            self.optimizer = ctx.make_optimizer(chain(self.model.parameters(), self.heads.parameters()))
         self.memory: list[torch.Tensor | None] = [None] * ctx.num_classes
+
+    @property
+    def ssnet_heads(self) -> SSNetHeads:
+        """The projection / prediction / selector heads: a module of the method (2D) or of the V-Net (3D)."""
+        return self.heads if hasattr(self, "heads") else self.model.heads
+
+    def _dice(self, probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if self.cfg.supervised_dice == "binary":
+            return binary_dice_loss(probs[:, 1], (target == 1).to(probs.dtype), self.cfg.binary_dice_eps)
+        return dice_loss(probs, target, self.cfg.dice_smooth)
+
+    def _vat_distance(self) -> Distance:
+        if self.cfg.vat_distance == "binary":
+            eps = self.cfg.binary_dice_eps
+            return lambda p, t: binary_dice_loss(p, t, eps)
+        return class_dice_distance
 
     @torch.no_grad()
     def update_memory(self, features: torch.Tensor, labels: torch.Tensor) -> None:
         """Replace each present class's entries with (at most memory_size of) its projected `features`."""
-        self.heads.eval()
-        projected = self.heads.projection(features)
-        self.heads.train()
+        heads = self.ssnet_heads
+        heads.eval()
+        projected = heads.projection(features)
+        heads.train()
         for c in range(len(self.memory)):
             feats = projected[labels == c]
             if feats.shape[0] > self.cfg.memory_size:
-                scores = torch.sigmoid(self.heads.selectors[c](feats))[:, 0]
+                scores = torch.sigmoid(heads.selectors[c](feats))[:, 0]
                 order = scores.argsort(descending=self.cfg.memory_keep_highest)
                 feats = feats[order[: self.cfg.memory_size]]
             if feats.shape[0] > 0:
@@ -166,25 +229,26 @@ class SSNet(Method):
     def train_step(self, labeled: Labeled, unlabeled: torch.Tensor | None, step: int) -> dict[str, torch.Tensor]:
         cfg, n = self.cfg, labeled.image.shape[0]
         x = labeled.image if unlabeled is None else torch.cat([labeled.image, unlabeled])
+        heads = self.ssnet_heads
         logits, features = self.model.forward_with_decoder_features(x)
         probs = logits.float().softmax(1)
-        sup = dice_loss(probs[:n], labeled.label, cfg.dice_smooth)
+        sup = self._dice(probs[:n], labeled.label)
         pred = probs.detach().argmax(1)
-        pixels = features.permute(0, 2, 3, 1)                           # (B, H, W, 16)
+        pixels = features.movedim(1, -1)                                # (B, *spatial, feature width)
         correct = (pred[:n] == labeled.label) & (pred[:n] > 0)
         self.update_memory(pixels[:n][correct], labeled.label[correct])
-        sep_l = separation_loss(self.heads.embed(pixels[:n].reshape(-1, pixels.shape[-1])),
-                                labeled.label.reshape(-1), self.memory, self.heads)
-        sep_u = (separation_loss(self.heads.embed(pixels[n:].reshape(-1, pixels.shape[-1])),
-                                 pred[n:].reshape(-1), self.memory, self.heads) if n < x.shape[0] else sup.new_zeros(()))
-        weight = cfg.consistency_weight(step)
+        sep_l = separation_loss(heads.embed(pixels[:n].reshape(-1, pixels.shape[-1])),
+                                labeled.label.reshape(-1), self.memory, heads)
+        sep_u = (separation_loss(heads.embed(pixels[n:].reshape(-1, pixels.shape[-1])),
+                                 pred[n:].reshape(-1), self.memory, heads) if n < x.shape[0] else sup.new_zeros(()))
+        weight = cfg.consistency_weight(step + cfg.rampup_step_offset)
         # loss = sup + w * (vat + 0.1 * (sep_l + sep_u)), backpropagated in two parts: the main pass's graph is
         # freed before VAT builds two more passes over the whole batch (same gradient and forward order as the
         # reference's single backward; the peak memory of one graph instead of two)
         main = sup + weight * cfg.separation_weight * (sep_l + sep_u)
         self.optimizer.zero_grad(set_to_none=True)
         main.backward()
-        vat = vat_loss(self.model, x, cfg.xi, cfg.magnitude, cfg.power_iterations)
+        vat = vat_loss(self.model, x, cfg.xi, cfg.magnitude, cfg.power_iterations, self._vat_distance())
         self.update(weight * vat, self.optimizer, accumulate=True)
         loss = main.detach() + weight * vat.detach()
         return {"loss": loss, "loss_dice": sup.detach(), "loss_vat": vat.detach(),

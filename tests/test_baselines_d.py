@@ -186,8 +186,8 @@ def test_mcnet_step_consistency_covers_whole_batch_and_predicts_with_decoder1(mo
     from benchmark.config import ConfigError, TrainConfig
     from benchmark.run.trials import check_trainable
 
-    assert MCNet.networks == ("unet",)
-    with pytest.raises(ConfigError, match="mc-net builds its own network and accepts network 'unet' only"):
+    assert MCNet.networks == ("unet", "vnet")
+    with pytest.raises(ConfigError, match="mc-net builds its own network and accepts network 'unet' or 'vnet' only"):
         check_trainable("mc-net", MCNet, TrainConfig(network="swin-unet", patch_size=224), 2, "suite: train")
 
 

@@ -10,13 +10,18 @@ from typing import Any, Callable, Sequence
 from torch import nn
 
 from benchmark.config import ConfigError
-from benchmark.nets.cml import CoTrainingUNet2D
-from benchmark.nets.discriminator import FCDiscriminator, PatchDiscriminator
+from benchmark.nets.caml3d import CAML3D
+from benchmark.nets.cml import CoTrainingUNet2D, CoTrainingVNet
+from benchmark.nets.discriminator import FC3DDiscriminator, FCDiscriminator, PatchDiscriminator
+from benchmark.nets.mcf import ResNet34UNet
 from benchmark.nets.mcnet import MCNet2D
+from benchmark.nets.mcnet3d import MCNet2DPlus, mcnet3d_v1, mcnet3d_v2
 from benchmark.nets.swin_unet import SwinUNet
 from benchmark.nets.unet import UNet2D
 from benchmark.nets.unet_variants import UNetCCT, UNetURPC
 from benchmark.nets.vnet import VNet
+from benchmark.nets.vnet_sdf import VNetSDF
+from benchmark.nets.vnet_variants import VNetSSNet, VNetURPC
 from benchmark.registry import Registry
 
 
@@ -28,7 +33,8 @@ class NetworkSpec:
     dims: tuple[int, ...]               # spatial dimensions it supports
     multiple: int = 1                   # every patch axis must be a multiple of this (the net's total stride)
     square: bool = False                # all patch axes equal (Swin-UNet's square token grid)
-    role: str = "segmentation"          # segmentation | discriminator (an auxiliary net of a method)
+    role: str = "segmentation"          # segmentation (a `train.network` choice) | method (a method's own variant,
+                                        # several outputs) | discriminator (an auxiliary net of a method)
 
     def problem(self, patch: Sequence[int]) -> str | None:
         """Why `patch` cannot go through this net, or None."""
@@ -48,10 +54,10 @@ NETWORKS.add("swin-unet", NetworkSpec(SwinUNet, (2,), 32, square=True),
              "Swin-UNet lite (timm Swin blocks): patch 4, embed 96, depths 2-2-2-2, window 7, 224 input (~27.2 M params)")
 NETWORKS.add("vnet", NetworkSpec(VNet, (3,), 16),
              "V-Net of the LA papers (SS-Net VNet.py): 16..256 channels, additive skips, 9,448,866 params; option width")
-NETWORKS.add("unet-cct", NetworkSpec(UNetCCT, (2,), 16), "CCT's UNet-2D: main + 3 perturbed auxiliary decoders (SSL4MIS UNet_CCT)")
-NETWORKS.add("unet-urpc", NetworkSpec(UNetURPC, (2,), 16), "URPC's UNet-2D with 4 pyramid heads (SSL4MIS UNet_URPC)")
-NETWORKS.add("mcnet-2d", NetworkSpec(MCNet2D, (2,), 16), "MC-Net's UNet-2D: bilinear and transposed-conv decoders")
-NETWORKS.add("cml-unet-2d", NetworkSpec(CoTrainingUNet2D, (2,), 16),
+NETWORKS.add("unet-cct", NetworkSpec(UNetCCT, (2,), 16, role="method"), "CCT's UNet-2D: main + 3 perturbed auxiliary decoders (SSL4MIS UNet_CCT)")
+NETWORKS.add("unet-urpc", NetworkSpec(UNetURPC, (2,), 16, role="method"), "URPC's UNet-2D with 4 pyramid heads (SSL4MIS UNet_URPC)")
+NETWORKS.add("mcnet-2d", NetworkSpec(MCNet2D, (2,), 16, role="method"), "MC-Net's UNet-2D: bilinear and transposed-conv decoders")
+NETWORKS.add("cml-unet-2d", NetworkSpec(CoTrainingUNet2D, (2,), 16, role="method"),
              "CML's two sub-networks (paper: two encoders and decoders; option shared: one encoder)")
 NETWORKS.add("fc-discriminator", NetworkSpec(FCDiscriminator, (2,), role="discriminator"),
              "DAN's fully-convolutional discriminator on (image, softmax) (option input_size)")
@@ -60,12 +66,33 @@ NETWORKS.add("patch-discriminator",
                          role="discriminator"),
              "AdvMIM's patch discriminator on softmax maps")
 
-# LA (3D) networks of the V-Net family (one NETWORKS.add block per group below its anchor)
-# -- nets: sassnet/dtc --
-# -- nets: mc-net/caml --
-# -- nets: urpc/ss-net --
-# -- nets: cml --
-# -- nets: mcf --
+# LA (3D): the V-Net and the variants the LA methods build
+NETWORKS.add("vnet-sdf", NetworkSpec(VNetSDF, (3,), 16, role="method"),
+             "SASSNet/DTC vnet_sdf: V-Net trunk + tanh SDF head + segmentation head, one sigmoid channel each, "
+             "9,448,866 params; option width")
+NETWORKS.add("fc3d-discriminator",
+             NetworkSpec(lambda in_channels, num_classes, **o: FC3DDiscriminator(in_channels=in_channels, **o), (3,),
+                         16, role="discriminator"),
+             "SASSNet's 3D discriminator on (SDF map, image): labeled vs unlabeled logits, 11,020,290 params; "
+             "options ndf, map_channels")
+NETWORKS.add("mcnet-3d", NetworkSpec(mcnet3d_v1, (3,), 16, role="method"),
+             "MC-Net's V-Net (mcnet3d_v1): one encoder, transposed-conv + trilinear decoders, 12,347,716 params")
+NETWORKS.add("mcnet-3d-plus", NetworkSpec(mcnet3d_v2, (3,), 16, role="method"),
+             "MC-Net+'s V-Net (mcnet3d_v2): transposed-conv, trilinear and nearest decoders, 15,246,566 params")
+NETWORKS.add("mcnet-2d-plus", NetworkSpec(MCNet2DPlus, (2,), 16, role="method"),
+             "MC-Net+'s UNet-2D (mcnet2d_v2): bilinear, transposed-conv and nearest decoders")
+NETWORKS.add("caml-3d", NetworkSpec(CAML3D, (3,), 16, role="method"),
+             "CAML's caml3d_v1: V-Net + V-Net with cross-sample attention on x4, 2 decoders, heads, 20,128,836 params")
+NETWORKS.add("vnet-urpc", NetworkSpec(VNetURPC, (3,), 16, role="method"),
+             "URPC on the LA V-Net: 1x1x1 heads at 1/8, 1/4, 1/2 (side dropout) + full, trilinear up (9,449,320)")
+NETWORKS.add("vnet-ssnet", NetworkSpec(VNetSSNet, (3,), 16, role="method"),
+             "SS-Net's V-Net: features after the pre-head dropout + projection/selector heads (9,457,318)")
+NETWORKS.add("cml-vnet", NetworkSpec(CoTrainingVNet, (3,), 16, role="method"),
+             "CML's LA network: two V-Nets, no shared parameters, transposed-conv / trilinear decoders, "
+             "19,724,612 params; option width")
+NETWORKS.add("mcf-resnet34-unet", NetworkSpec(ResNet34UNet, (3,), 16),
+             "MCF's ResNet-34 encoder (7^3 stem, 4 strided BasicBlock stages) + V-Net decoder, 17,930,354 params; "
+             "option width")
 
 
 def build_network(name: str, in_channels: int, num_classes: int, **options: Any) -> nn.Module:

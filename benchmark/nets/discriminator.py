@@ -1,4 +1,5 @@
-"""Discriminators: `FCDiscriminator` (DAN) and `PatchDiscriminator` (AdvMIM, at the end of this file).
+"""Discriminators: `FCDiscriminator` (DAN), `PatchDiscriminator` (AdvMIM) and `FC3DDiscriminator` (SASSNet, at the
+end of this file).
 
 SSL4MIS `FCDiscriminator` (HiLab-git/SSL4MIS @06df604 `code/networks/discriminator.py`), written from its
 description (PROTOCOLS.md §3.1, DAN).
@@ -82,3 +83,47 @@ class PatchDiscriminator(nn.Module):
 
     def forward(self, prob_map: torch.Tensor) -> torch.Tensor:
         return self.net(prob_map)
+
+
+class FC3DDiscriminator(nn.Module):
+    """SASSNet's 3D discriminator (kleinzcy/SASSnet@1761aa8:code/networks/discriminator.py L54-98
+    `FC3DDiscriminator(num_classes=1, ndf=64, n_channel=1)`, built at train_gan_sdfloss.py L103), written from its
+    description. It classifies a (signed distance map, image) pair as coming from a labeled (class 1) or an
+    unlabeled (class 0) scan; forward(map, image) -> (B, 2) logits (no softmax: the reference's `Softmax` module
+    is never called, L70, L96).
+
+    - conv0 on the map (map_channels -> ndf) and conv1 on the image (in_channels -> ndf), each 4x4x4 stride 2
+      padding 1, are SUMMED (not concatenated; L74-76), then LeakyReLU(0.2) and Dropout3d(0.5) (L77-78; unlike
+      the 2D FCDiscriminator above, the 3D one has them after the sum).
+    - conv2 ndf -> 2ndf and conv3 2ndf -> 4ndf, each 4x4x4 s2 p1 + LeakyReLU(0.2) + Dropout3d(0.5); conv4
+      4ndf -> 8ndf 4x4x4 s2 p1 + LeakyReLU(0.2) (L80-89).
+    - AvgPool3d((7, 7, 5)), flatten, Linear(8ndf, 2) (L65-66, L91-94). At the reference's 112x112x80 patch
+      conv4's map is exactly 7x7x5, so that pool is a global average.
+
+    Departure: the pool is a global average at every input size (`adaptive_avg_pool3d` to 1), identical at
+    112x112x80; the reference's fixed (7, 7, 5) kernel fails or changes the Linear's width at other patches (the
+    tests' 32^3 patches give a 2x2x2 conv4 map). Dropout is active in train mode only: the reference keeps D in
+    eval mode for the segmenter's step and in train mode for its own (train_gan_sdfloss.py L155, L186).
+    Parameters at ndf 64 with one map and one image channel: 11,020,290.
+    """
+
+    def __init__(self, map_channels: int = 1, in_channels: int = 1, ndf: int = 64) -> None:
+        super().__init__()
+        self.conv0 = nn.Conv3d(map_channels, ndf, 4, stride=2, padding=1)
+        self.conv1 = nn.Conv3d(in_channels, ndf, 4, stride=2, padding=1)
+        self.conv2 = nn.Conv3d(ndf, ndf * 2, 4, stride=2, padding=1)
+        self.conv3 = nn.Conv3d(ndf * 2, ndf * 4, 4, stride=2, padding=1)
+        self.conv4 = nn.Conv3d(ndf * 4, ndf * 8, 4, stride=2, padding=1)
+        self.classifier = nn.Linear(ndf * 8, 2)
+        self.leaky_relu = nn.LeakyReLU(0.2)
+        self.dropout = nn.Dropout3d(0.5)
+
+    def forward(self, sdf_map: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        if sdf_map.dim() != 5 or any(s < 16 for s in sdf_map.shape[2:]):
+            raise ValueError(f"FC3DDiscriminator needs (B, C, D, H, W) inputs of at least 16 per axis, "
+                             f"got {tuple(sdf_map.shape)}")
+        x = self.dropout(self.leaky_relu(self.conv0(sdf_map) + self.conv1(image)))
+        x = self.dropout(self.leaky_relu(self.conv2(x)))
+        x = self.dropout(self.leaky_relu(self.conv3(x)))
+        x = self.leaky_relu(self.conv4(x))
+        return self.classifier(torch.nn.functional.adaptive_avg_pool3d(x, 1).flatten(1))

@@ -137,8 +137,11 @@ def check_trainable(method: str, cls: type, train: TrainConfig, dims: int, where
     if cls.networks is not None and train.network not in cls.networks:
         raise ConfigError(f"{where}.network: {method} builds its own network and accepts network "
                           f"{' or '.join(map(repr, cls.networks))} only (got {train.network!r})")
-    if NETWORKS.get(train.network).role != "segmentation":
-        raise ConfigError(f"{where}.network: {train.network!r} is not a segmentation network (bench ls networks)")
+    role = NETWORKS.get(train.network).role
+    if role != "segmentation":
+        what = "a method's own variant, built by that method" if role == "method" else f"a {role}"
+        raise ConfigError(f"{where}.network: {train.network!r} is {what}, not a segmentation network to train "
+                          f"(bench ls networks: the ones without a role)")
     for net in (train.network, *cls.also_builds):
         check_network(net, train.patch_size, method, where)
     rule = AUGMENTATIONS.get(train.augmentation)
