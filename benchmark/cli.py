@@ -240,8 +240,9 @@ class Show(str, Enum):
     both = "both"
 
 
-def _suite_frame(suite: str, checkpoint: Optional[str], tracking_uri: Optional[str]):
-    """(spec, card, protocol with the chosen checkpoint, finished-runs frame scored under that protocol)."""
+def _suite_frame(suite: str, checkpoint: Optional[str], tracking_uri: Optional[str], smoke: bool = False):
+    """(spec, card, protocol with the chosen checkpoint, finished-runs frame scored under that protocol). Smoke
+    runs (`--test-cases`) are left out, or with `smoke` they are the only runs kept."""
     import dataclasses
 
     from benchmark import catalog
@@ -272,11 +273,16 @@ def _suite_frame(suite: str, checkpoint: Optional[str], tracking_uri: Optional[s
         if other.any():
             err.print(f"note: {int(other.sum())} finished run(s) scored under another protocol are left out")
         frame = frame[~other]
+    is_smoke = pd.Series(False, index=frame.index)
     if "tags.smoke_test_cases" in frame and not frame.empty:
-        smoke = frame["tags.smoke_test_cases"].notna() & (frame["tags.smoke_test_cases"] != "")
-        if smoke.any():
-            err.print(f"note: {int(smoke.sum())} smoke run(s) scored on fewer test cases (--test-cases) are left out")
-        frame = frame[~smoke]
+        is_smoke = frame["tags.smoke_test_cases"].notna() & (frame["tags.smoke_test_cases"] != "")
+    if smoke:
+        frame = frame[is_smoke]
+    else:
+        if is_smoke.any():
+            err.print(f"note: {int(is_smoke.sum())} smoke run(s) scored on fewer test cases (--test-cases) are left "
+                      f"out (--smoke shows them)")
+        frame = frame[~is_smoke]
     return spec, card, protocol, frame, tracker
 
 
@@ -298,6 +304,8 @@ def table(
                                       "signed-rank per-case test of each cell against the best other row we ran"),
     baseline: Optional[str] = typer.Option(None, help="with --layout: test against this method instead"),
     cost: bool = typer.Option(True, "--cost/--no-cost", help="steps/s, hours and parameters of our runs"),
+    smoke: bool = typer.Option(False, "--smoke", help="show the smoke runs (--test-cases) instead, marked as such: "
+                               "a check that every method ran, not results"),
     tracking_uri: Optional[str] = typer.Option(None, help="MLflow URI (default as for run)"),
 ) -> None:
     """Print the suite's results table from MLflow (finished runs only), or a paper's table with ours beside it."""
@@ -306,11 +314,11 @@ def table(
 
     if layout is not None:
         _layout_table(suite, layout, format.value, show.value, out, checkpoint, stand_in, significance, baseline,
-                      cost, tracking_uri)
+                      cost, tracking_uri, smoke)
         return
     if suite is None:
         _fail("give --suite (or --layout for a published table)")
-    spec, card, protocol, frame, _ = _suite_frame(suite, checkpoint, tracking_uri)
+    spec, card, protocol, frame, _ = _suite_frame(suite, checkpoint, tracking_uri, smoke)
     ckpt = protocol.checkpoint
     if frame.empty:
         _fail(f"no finished runs for suite {spec.name!r} in this tracking store; run `bench run --suite {spec.name}` first", 1)
@@ -318,17 +326,23 @@ def table(
     long = order_rows(label_cells(runs_to_long(frame, ckpt)), order)
     if long.empty or not any(c in long for c in ("dice",)):
         _fail(f"no run of suite {spec.name!r} has test metrics for checkpoint {ckpt!r}", 1)
-    ctx = TableContext(card.name, _protocol_note(spec, protocol), protocol.hd_units, ckpt, card.classes, card.labeled.unit)
+    ctx = TableContext(card.name, _protocol_note(spec, protocol, frame if smoke else None), protocol.hd_units, ckpt, card.classes, card.labeled.unit)
     _emit(render(long, format.value, ctx, per_class=per_class, cost=cost), out)
 
 
-def _protocol_note(spec, protocol) -> str:
-    """The suite's protocol, plus the methods a reference tests differently (`method_protocol`)."""
-    if not spec.method_protocol:
-        return protocol.describe()
-    own = "; ".join(f"{m}: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in values.items())
-                    for m, values in spec.method_protocol.items())
-    return f"{protocol.describe()}; per method, as its reference tests: {own}"
+def _protocol_note(spec, protocol, smoke_frame=None) -> str:
+    """The suite's protocol, plus the methods a reference tests differently (`method_protocol`); with the frame
+    of smoke runs, a warning first."""
+    note = protocol.describe()
+    if spec.method_protocol:
+        own = "; ".join(f"{m}: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in values.items())
+                        for m, values in spec.method_protocol.items())
+        note = f"{note}; per method, as its reference tests: {own}"
+    if smoke_frame is not None and not smoke_frame.empty:
+        counts = sorted(set(smoke_frame["tags.smoke_test_cases"]), key=int)
+        steps = sorted(set(smoke_frame["tags.iterations"]), key=int) if "tags.iterations" in smoke_frame else ["?"]
+        note = f"SMOKE RUNS, NOT RESULTS ({'/'.join(steps)} iteration(s), {'/'.join(counts)} test case(s)); {note}"
+    return note
 
 
 def _emit(text: str, out: Optional[Path]) -> None:
@@ -340,7 +354,7 @@ def _emit(text: str, out: Optional[Path]) -> None:
 
 
 def _layout_table(suite, layout, fmt, show, out, checkpoint, stand_in, significance, baseline, cost,
-                  tracking_uri) -> None:
+                  tracking_uri, smoke: bool = False) -> None:
     import pandas as pd
 
     from benchmark.report import leaderboard as lbm
@@ -355,7 +369,7 @@ def _layout_table(suite, layout, fmt, show, out, checkpoint, stand_in, significa
         _fail(f"--stand-in {stand_in!r} is not a dataset of {lb.id}; valid: {', '.join(datasets)}")
     runs, cases, hd_units, note = None, None, "voxel", ""
     if suite is not None:
-        spec, card, protocol, frame, tracker = _suite_frame(suite, checkpoint, tracking_uri)
+        spec, card, protocol, frame, tracker = _suite_frame(suite, checkpoint, tracking_uri, smoke)
         if any(r.config for r in lb.rows):   # sweep rows: `bench tune` trials count too (experiment <suite>/tune)
             tuned = tracker.companion_frame("tune")
             if "tags.scoring_hash" in tuned:
@@ -364,7 +378,7 @@ def _layout_table(suite, layout, fmt, show, out, checkpoint, stand_in, significa
                 frame = pd.concat([frame, tuned[tuned["tags.method"].notna()]], ignore_index=True)
         runs = lbm.runs_to_layout_frame(frame, protocol.checkpoint)
         hd_units = protocol.hd_units
-        note = f"suite {spec.name} on {card.name}, protocol: {_protocol_note(spec, protocol)}"
+        note = f"suite {spec.name} on {card.name}, protocol: {_protocol_note(spec, protocol, frame if smoke else None)}"
         if significance and not runs.empty:
             cases = case_table(runs, protocol.checkpoint)
         if runs.empty:

@@ -392,9 +392,39 @@ class Suite:
     method_protocol: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
-def load_suite(path: Path) -> Suite:
-    """Read a suite YAML; names inside are resolved later (registry), values validated at expansion."""
+#: suite tables whose entries are merged one level deeper by `extends` (per method: field by field)
+PER_METHOD_TABLES = ("method_config", "method_train", "method_protocol")
+
+
+def read_suite_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A suite's mapping with its `extends: <suite>` resolved (a suite file in the same folder): the base's
+    fields, then this file's; `train` and `protocol` merge field by field, and the per-method tables method by
+    method and field by field."""
     raw = read_yaml(path)
+    if "extends" not in raw:
+        return raw
+    base_path = Path(path).parent / f"{raw['extends']}.yaml"
+    if not base_path.is_file():
+        raise ConfigError(f"{path}: extends {raw['extends']!r}, but there is no {base_path}; name a suite of "
+                          f"the same folder")
+    if base_path.resolve() in seen:
+        raise ConfigError(f"{path}: extends forms a cycle ({' -> '.join(p.name for p in seen)})")
+    base = read_suite_yaml(base_path, (*seen, Path(path).resolve()))
+    merged = {**base, **{k: v for k, v in raw.items() if k != "extends"}}
+    for key in ("train", "protocol"):
+        merged[key] = {**(base.get(key) or {}), **(raw.get(key) or {})}
+    for key in PER_METHOD_TABLES:
+        table = {m: dict(v or {}) for m, v in (base.get(key) or {}).items()}
+        for m, v in (raw.get(key) or {}).items():
+            table[m] = {**table.get(m, {}), **(v or {})}
+        merged[key] = table
+    return merged
+
+
+def load_suite(path: Path) -> Suite:
+    """Read a suite YAML (resolving `extends`); names inside are resolved later (registry), values validated at
+    expansion."""
+    raw = read_suite_yaml(path)
     where = str(path)
     known = {"name", "description", "dataset", "labeled", "methods", "seeds", "train", "method_config",
              "method_train", "method_protocol", "protocol"}

@@ -276,7 +276,8 @@ class Trainer:
         self.method.train(True)
         sums: dict[str, torch.Tensor] = {}
         window, t0, n_steps = 0, time.perf_counter(), 0
-        with _progress(self.progress, self.description, total, start) as bar:
+        watched = next((SELECTION_SPLITS[k] for k in self.selections), None)   # the split a bar shows, if any
+        with _progress(self.progress, self.description, total, start, watched) as bar:
             for step, batch in zip(range(start, total), loader):
                 self.step = step
                 local = step - self.stage_starts[self.stage_index]
@@ -305,7 +306,8 @@ class Trainer:
                     bar.update(step + 1, loss=metrics.get("train/loss", float("nan")))
                     sums, window = {}, 0
                 if self.selections and ((step + 1) % cfg.eval_every == 0 or stage_last):
-                    bar.update(step + 1, val=self._select(step + 1))
+                    val = self._select(step + 1)
+                    bar.update(step + 1, val=val if "best_val" in self.selections else self.best["best_test"][0])
                 if stage_last and self.stage_index + 1 < len(self.stages):
                     self._enter_stage(self.stage_index + 1)   # before saving: last.pt resumes in the new stage
                 if (step + 1) % cfg.checkpoint_every == 0 or stage_last:
@@ -341,15 +343,15 @@ class _NoBar:
 
 
 @contextlib.contextmanager
-def _progress(enabled: bool, description: str, total: int, start: int):
-    """A rich progress bar (step/total, loss, val Dice, ETA), or nothing."""
+def _progress(enabled: bool, description: str, total: int, start: int, watched: str | None = "val"):
+    """A rich progress bar (step/total, loss, the Dice of the `watched` selection split if any, ETA), or nothing."""
     if not enabled:
         yield _NoBar()
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("loss {task.fields[loss]:.4f}  val Dice {task.fields[val]:.4f}"),
+               TextColumn("loss {task.fields[loss]:.4f}" + (f"  {watched} Dice {{task.fields[val]:.4f}}" if watched else "")),
                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
     with Progress(*columns, transient=False) as progress:
         task = progress.add_task(description, total=total, completed=start, loss=float("nan"), val=float("nan"))

@@ -59,7 +59,7 @@ def sample(name, image, label, seed, patch):
 def test_registry_names_dims_and_descriptions():
     dims = {e.name: e.obj.dims for e in AUGMENTATIONS}
     assert dims == {"ssl4mis-2021": (2,), "ssl4mis-2025": (2,), "none": (2,), "la-rotflip-crop": (3,),
-                    "image-2d": (2,)}
+                    "la-crop": (3,), "image-2d": (2,)}
     for entry in AUGMENTATIONS:
         assert isinstance(entry.obj, AugmentationRule) and entry.description and "\n" not in entry.description
 
@@ -154,6 +154,22 @@ def test_la_matches_reference_and_shape(shape):
         assert np.array_equal(img, ref_img) and np.array_equal(lab, ref_lab)
         assert np.array_equal(lab, (img[0] > 0.5).astype(np.uint8))  # label stays aligned with the image
         assert img.flags.c_contiguous and lab.flags.c_contiguous
+
+
+def test_la_crop_is_the_reference_crop_without_rotation_or_flip():
+    """MCF's LA transform: RandomCrop alone (same padding, same exclusive crop starts)."""
+    patch, shape = (16, 16, 16), (30, 20, 12)
+    image = _coords(shape)
+    label = (image[0] % 2).astype(np.uint8)
+    for seed in range(20):
+        img, lab = sample("la-crop", image, label, seed, patch)
+        rng = np.random.default_rng(seed)
+        pad = [max((p - s) // 2 + 3, 0) for s, p in zip(shape, patch)]
+        padded = np.pad(image, [(0, 0)] + [(w, w) for w in pad])
+        starts = [int(rng.integers(0, s + 2 * w - p)) for s, w, p in zip(shape, pad, patch)]
+        box = tuple(slice(b, b + p) for b, p in zip(starts, patch))
+        assert np.array_equal(img, padded[(slice(None), *box)])
+        assert np.array_equal(lab, np.pad(label, [(w, w) for w in pad])[box])
 
 
 def test_la_z_axis_never_flipped_or_rotated_and_rot90_in_xy_plane():

@@ -55,10 +55,10 @@ def test_the_card_sliding_window_labels_every_voxel_of_a_real_volume(card):
 
 @pytest.mark.slow
 def test_one_supervised_step_on_real_la_scores_one_test_volume(tmp_path):
-    suite = catalog.get_suite("la-vnet")
-    suite = dataclasses.replace(suite, labeled=["5%"], train={**suite.train, "network_options": {"width": 4},
-                                                              "num_workers": 0, "batch_size": 2})
-    (trial,) = expand(suite, iterations=1, data_root=la_root(), test_cases=1)
+    suite = catalog.get_suite("la-5pct")
+    suite = dataclasses.replace(suite, train={**suite.train, "network_options": {"width": 4}, "num_workers": 0,
+                                              "batch_size": 2})
+    (trial,) = expand(suite, methods=["supervised"], seeds=[0], iterations=1, data_root=la_root(), test_cases=1)
     (outcome,) = run_local([trial], tmp_path, None, la_root(), "cpu", progress=False)
     assert outcome.status == "FINISHED", outcome.detail
     assert 0.0 <= outcome.summary["test/last/dice"] <= 1.0

@@ -18,6 +18,7 @@ CFG = TrainConfig(iterations=4, batch_size=4, labeled_batch_size=2, patch_size=3
 class TwoStageConfig:
     pretrain_iterations: int = 3
     init: str = "best_val"
+    pretrain_lr_schedule: str | None = None
 
 
 class TwoStage(Method):
@@ -34,7 +35,8 @@ class TwoStage(Method):
         self.stage_index = 0
 
     def stages(self) -> list[Stage]:
-        return [Stage("pretrain", self.cfg.pretrain_iterations), Stage("selftrain", self.ctx.iterations, self.cfg.init)]
+        return [Stage("pretrain", self.cfg.pretrain_iterations, lr_schedule=self.cfg.pretrain_lr_schedule),
+                Stage("selftrain", self.ctx.iterations, self.cfg.init)]
 
     def start_stage(self, stage: Stage, index: int) -> None:
         self.stage_index = index
@@ -112,3 +114,36 @@ def test_invalid_stages_are_refused_before_training(synthetic, tmp_path):
         trainer(synthetic, tmp_path, method_cfg=TwoStageConfig(pretrain_iterations=0))
     with pytest.raises(ValueError, match="init must be"):
         trainer(synthetic, tmp_path, method_cfg=TwoStageConfig(init="best"))
+
+
+def test_a_stage_can_keep_a_constant_lr_while_the_next_follows_the_trainers_schedule(synthetic, tmp_path):
+    """BCP / CML on LA: no decay while pre-training, x0.1 every step_size while self-training."""
+    cfg = replace(CFG, lr_schedule="step", step_size=2)
+    t = trainer(synthetic, tmp_path, cfg, TwoStageConfig(pretrain_iterations=3, pretrain_lr_schedule="constant"))
+    t.fit()
+    assert [(s, k, pytest.approx(lr)) for s, k, lr in t.method.calls] == [
+        (0, 0, 0.05), (0, 1, 0.05), (0, 2, 0.05),                     # constant: no drop at local step 2
+        (1, 0, 0.05), (1, 1, 0.05), (1, 2, 0.005), (1, 3, 0.005)]     # step: x0.1 from local step 2
+
+
+def test_a_bad_stage_lr_schedule_is_refused_before_training(synthetic, tmp_path):
+    with pytest.raises(ValueError, match="lr_schedule must be poly, constant or step"):
+        trainer(synthetic, tmp_path, method_cfg=TwoStageConfig(pretrain_lr_schedule="cosine"))
+
+
+def test_without_val_the_next_stage_starts_from_the_best_on_test_where_the_protocol_selects_on_test(synthetic, tmp_path):
+    """LA has no val split: BCP / CML's reference hands over its best-on-test pre-training weights, reproduced
+    only under checkpoint best_test; under last the weights simply continue."""
+    card, data = synthetic
+    no_val = replace(data, val=[])
+    for rule in ("best_test", "last"):
+        protocol = replace(card.evaluation, val_split=None, checkpoint=rule)
+        t = Trainer(no_val, TwoStage, TwoStageConfig(), replace(CFG, eval_every=1), 24, 0, tmp_path / rule,
+                    protocol, card.classes, device="cpu", progress=False)
+        t.fit()
+        handed = t.method.started[1][1]
+        saved = (tmp_path / rule / "pretrain-best_test.pt")
+        assert saved.exists() == (rule == "best_test")
+        if rule == "best_test":
+            best = torch.load(saved, weights_only=False)["modules"]["model"]
+            assert torch.equal(handed, next(iter(best.values())))

@@ -174,6 +174,21 @@ def la_rotflip_crop(image: np.ndarray, label: np.ndarray, rng: np.random.Generat
     k, axis = int(rng.integers(0, 4)), int(rng.integers(0, 2))
     image = np.flip(np.rot90(image, k, axes=(1, 2)), 1 + axis)  # channel axis 0 untouched
     label = np.flip(np.rot90(label, k, axes=(0, 1)), axis)
+    return _la_random_crop(image, label, rng, size)
+
+
+@_register("la-crop", (3,), "the random crop of la-rotflip-crop alone (padded when too small); MCF's LA "
+           "training transform (WYC-321/MCF@ad20659 code/train_MCF.py: RandomCrop only)")
+def la_crop(image: np.ndarray, label: np.ndarray, rng: np.random.Generator,
+            patch: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Step 2 of `la_rotflip_crop` without the rotation and flip: the crop starts of axes 0, 1, 2 are the
+    only draws."""
+    return _la_random_crop(image, label, rng, _check("la-crop", image, label, patch, 3))
+
+
+def _la_random_crop(image: np.ndarray, label: np.ndarray, rng: np.random.Generator,
+                    size: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """SS-Net's `RandomCrop`: pad by `la_pad_widths` where needed, then crop at `crop_start` per axis."""
     pad = la_pad_widths(label.shape, size)
     if any(pad):
         image = np.pad(image, [(0, 0)] + [(w, w) for w in pad], mode="constant", constant_values=0)
