@@ -289,7 +289,8 @@ def _suite_frame(suite: str, checkpoint: Optional[str], tracking_uri: Optional[s
 @app.command()
 def table(
     suite: Optional[str] = typer.Option(None, "--suite", "-s", help="suite name or path (optional with --layout: "
-                                        "without it the layout shows the published values only)"),
+                                        "without it the layout shows the published values only; with --layout, "
+                                        "several comma-separated suites may fill its settings)"),
     format: Format = typer.Option(Format.markdown, "--format", "-f", help="markdown, latex or csv"),
     out: Optional[Path] = typer.Option(None, help="write to this file instead of stdout"),
     checkpoint: Optional[str] = typer.Option(None, help="best_val, last or best_test (default: the suite's protocol)"),
@@ -368,21 +369,29 @@ def _layout_table(suite, layout, fmt, show, out, checkpoint, stand_in, significa
     if stand_in is not None and stand_in not in datasets:
         _fail(f"--stand-in {stand_in!r} is not a dataset of {lb.id}; valid: {', '.join(datasets)}")
     runs, cases, hd_units, note = None, None, "voxel", ""
-    if suite is not None:
-        spec, card, protocol, frame, tracker = _suite_frame(suite, checkpoint, tracking_uri, smoke)
-        if any(r.config for r in lb.rows):   # sweep rows: `bench tune` trials count too (experiment <suite>/tune)
-            tuned = tracker.companion_frame("tune")
-            if "tags.scoring_hash" in tuned:
-                tuned = tuned[tuned["tags.scoring_hash"] == protocol.scoring_hash]
-            if "tags.method" in tuned:
-                frame = pd.concat([frame, tuned[tuned["tags.method"].notna()]], ignore_index=True)
-        runs = lbm.runs_to_layout_frame(frame, protocol.checkpoint)
-        hd_units = protocol.hd_units
-        note = f"suite {spec.name} on {card.name}, protocol: {_protocol_note(spec, protocol, frame if smoke else None)}"
-        if significance and not runs.empty:
-            cases = case_table(runs, protocol.checkpoint)
-        if runs.empty:
-            err.print(f"note: no finished runs for suite {spec.name!r}: the table shows the published values only")
+    if suite is not None:   # one suite, or several (comma-separated) filling different settings of the layout
+        parts, notes, units = [], {}, set()
+        for name in [n.strip() for n in suite.split(",") if n.strip()]:
+            spec, card, protocol, frame, tracker = _suite_frame(name, checkpoint, tracking_uri, smoke)
+            if any(r.config for r in lb.rows):   # sweep rows: `bench tune` trials count too (experiment <suite>/tune)
+                tuned = tracker.companion_frame("tune")
+                if "tags.scoring_hash" in tuned:
+                    tuned = tuned[tuned["tags.scoring_hash"] == protocol.scoring_hash]
+                if "tags.method" in tuned:
+                    frame = pd.concat([frame, tuned[tuned["tags.method"].notna()]], ignore_index=True)
+            part = lbm.runs_to_layout_frame(frame, protocol.checkpoint)
+            if part.empty:
+                err.print(f"note: no finished runs for suite {spec.name!r}: its cells show the published values only")
+            parts.append(part)
+            units.add(protocol.hd_units)
+            notes.setdefault(_protocol_note(spec, protocol, frame if smoke else None), []).append(
+                f"{spec.name} on {card.name}")
+            if significance and not part.empty:
+                cases = pd.concat([cases, case_table(part, protocol.checkpoint)], ignore_index=True)
+        if len(units) > 1:
+            _fail(f"the suites report HD95/ASD in different units ({', '.join(sorted(units))}); show them one at a time")
+        runs, hd_units = pd.concat(parts, ignore_index=True), units.pop()
+        note = "; ".join(f"suite {', '.join(names)}, protocol: {text}" for text, names in notes.items())
     grid = lbm.build_grid(lb, runs, hd_units, stand_in=stand_in, cases=cases, baseline=baseline, cost=cost,
                           ours_note=note)
     _emit(lbm.render(grid, fmt, show), out)

@@ -60,7 +60,8 @@ def test_tables_take_each_run_under_its_methods_protocol_and_show_smoke_runs_onl
     from benchmark.cli import app
 
     body = yaml.safe_load((Path(catalog.__file__).parent / "suites" / "demo-3d.yaml").read_text())
-    body.update(name="demo-3d-mp", method_protocol={"mean-teacher": {"postprocess": "largest_component"}})
+    body.update(name="demo-3d-mp", labeled=[4],   # 4 scans: fills CML Table 1's "4 (5%)" cells with --stand-in la
+                method_protocol={"mean-teacher": {"postprocess": "largest_component"}})
     suite = write(tmp_path, "demo-3d-mp", body)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     runner = CliRunner()
@@ -75,3 +76,10 @@ def test_tables_take_each_run_under_its_methods_protocol_and_show_smoke_runs_onl
     assert "mean-teacher: postprocess largest_component" in smoke.output
     rows = [line for line in smoke.output.splitlines() if line.startswith("|")]
     assert any("supervised" in r for r in rows) and any("mean-teacher" in r for r in rows)
+    # a layout may take several suites (LA: la-5pct, la-10pct, la-full fill one table); each states its protocol
+    both = runner.invoke(app, ["table", "--layout", "cml-table1", "--stand-in", "la", "--suite", f"{suite},demo-3d",
+                               "--tracking-uri", uri, "--smoke", "--no-significance"])
+    assert both.exit_code == 0, both.output
+    assert "no finished runs for suite 'demo-3d'" in both.output
+    assert "suite demo-3d-mp on synthetic-la, protocol: SMOKE RUNS" in both.output
+    assert "suite demo-3d on synthetic-la, protocol:" in both.output
