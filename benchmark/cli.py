@@ -256,7 +256,6 @@ def _suite_frame(suite: str, checkpoint: Optional[str], tracking_uri: Optional[s
         spec = catalog.get_suite(suite)
         card = catalog.get_card(spec.dataset)
         protocol = suite_protocol(spec, card)
-        own = {m: suite_protocol(spec, card, m).scoring_hash for m in spec.method_protocol}
     except (ConfigError, UnknownNameError) as exc:
         _fail(str(exc))
     ckpt = checkpoint or protocol.checkpoint
@@ -268,7 +267,8 @@ def _suite_frame(suite: str, checkpoint: Optional[str], tracking_uri: Optional[s
     if "tags.scoring_hash" in frame and not frame.empty:
         # each run is scored under its method's protocol (the suite's, or its `method_protocol` entry)
         methods = frame["tags.method"] if "tags.method" in frame else pd.Series("", index=frame.index)
-        expected = methods.map(lambda m: own.get(m, own.get(str(m).split(":")[0], protocol.scoring_hash)))
+        hashes = {m: suite_protocol(spec, card, m or None).scoring_hash for m in set(methods.fillna(""))}
+        expected = methods.fillna("").map(hashes)
         other = frame["tags.scoring_hash"] != expected
         if other.any():
             err.print(f"note: {int(other.sum())} finished run(s) scored under another protocol are left out")

@@ -32,6 +32,14 @@ def soft_dice_loss(probs: torch.Tensor, target_probs: torch.Tensor, eps: float =
     return (1 - (2 * intersect + eps) / (denom + eps)).mean()
 
 
+def binary_dice_loss(probs: torch.Tensor, target: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """The LA codebases' `Binary_dice_loss` (MC-Net, SS-Net, CAML) on a foreground probability map and a binary
+    target of the same shape: 1 - (2 sum(p t) + eps) / (sum p + sum t + eps), LINEAR denominators, every sum over
+    the whole tensor (batch included)."""
+    target = target.to(probs.dtype)
+    return 1 - (2 * (probs * target).sum() + eps) / (probs.sum() + target.sum() + eps)
+
+
 def dice_loss(probs: torch.Tensor, target: torch.Tensor, eps: float = 1e-5,
               mask: torch.Tensor | None = None) -> torch.Tensor:
     """Soft Dice of softmax `probs` (B, C, *spatial) against integer `target` (B, *spatial): `soft_dice_loss`

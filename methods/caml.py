@@ -67,9 +67,10 @@ from dataclasses import dataclass
 
 import torch
 
+from benchmark.losses import binary_dice_loss
 from benchmark.schedules import RampedConsistency, consistency_weight
 from methods.base import METHODS, Labeled, Method, MethodContext
-from methods.mcnet import binary_dice_loss, mutual_consistency
+from methods.mcnet import mutual_consistency
 
 
 @dataclass

@@ -70,6 +70,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from benchmark.losses import soft_dice_loss
 from benchmark.nets.mcf import reference_init_
 from benchmark.schedules import RampedConsistency
 from methods.base import METHODS, Labeled, Method, MethodContext
@@ -93,9 +94,7 @@ class MCFConfig(RampedConsistency):
 def foreground_dice_loss(fg_probs: torch.Tensor, target: torch.Tensor, smooth: float = 1e-5) -> torch.Tensor:
     """MCF `losses.dice_loss` on the foreground channel: 1 - (2 sum(p t) + s) / (sum p^2 + sum t^2 + s), sums
     over the whole batch; `fg_probs` (B, *spatial), `target` 0/1 or bool of the same shape."""
-    t = target.to(fg_probs.dtype)
-    intersect = (fg_probs * t).sum()
-    return 1 - (2 * intersect + smooth) / ((fg_probs * fg_probs).sum() + (t * t).sum() + smooth)
+    return soft_dice_loss(fg_probs.unsqueeze(1), target.to(fg_probs.dtype).unsqueeze(1), smooth)
 
 
 def difference_mask(probs_a: torch.Tensor, probs_b: torch.Tensor) -> torch.Tensor:

@@ -53,6 +53,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from benchmark.losses import binary_dice_loss
 from benchmark.schedules import RampedConsistency
 from methods.base import METHODS, Labeled, Method, MethodContext
 
@@ -79,13 +80,6 @@ def mcnet_dice_loss(probs: torch.Tensor, target: torch.Tensor, smooth: float = 1
     intersect = (probs * onehot).sum(dims)
     union = (probs * probs).sum(dims) + (onehot * onehot).sum(dims) + smooth
     return (1 - intersect / union).mean()
-
-
-def binary_dice_loss(probs: torch.Tensor, target: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """MC-Net / CAML `Binary_dice_loss` on a foreground probability map and a binary target of the same shape:
-    1 - (2 sum(p t) + eps) / (sum p + sum t + eps), summed over the whole tensor (batch included)."""
-    target = target.to(probs.dtype)
-    return 1 - (2 * (probs * target).sum() + eps) / (probs.sum() + target.sum() + eps)
 
 
 def mutual_consistency(probs: list[torch.Tensor], temperature: float, detach_target: bool = False) -> torch.Tensor:

@@ -74,7 +74,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmark.config import ConfigError
-from benchmark.losses import dice_loss, soft_dice_loss
+from benchmark.losses import binary_dice_loss, dice_loss, soft_dice_loss
 from benchmark.nets.vnet_variants import SSNetHeads
 from benchmark.schedules import RampedConsistency
 from methods.base import METHODS, Labeled, Method, MethodContext
@@ -101,11 +101,6 @@ class SSNetConfig(RampedConsistency):
             if getattr(self, name) not in DICE_FORMS:
                 raise ConfigError(f"ss-net: {name} must be one of {', '.join(DICE_FORMS)} "
                                   f"(got {getattr(self, name)!r})")
-
-
-def binary_dice_loss(probs: torch.Tensor, target: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """SS-Net `Binary_dice_loss`: 1 - (2 sum(p t) + eps) / (sum p + sum t + eps), every sum over all elements."""
-    return 1 - (2 * (probs * target).sum() + eps) / (probs.sum() + target.sum() + eps)
 
 
 @contextlib.contextmanager
