@@ -113,12 +113,19 @@ def masked_ce_loss(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tenso
     return weighted_ce(logits, target, keep if weight is None else keep * weight)
 
 
-def dice_loss_per_sample(probs: torch.Tensor, target: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+def dice_loss_per_sample(probs: torch.Tensor, target: torch.Tensor, eps: float = 1e-5,
+                         mask: torch.Tensor | None = None) -> torch.Tensor:
     """Soft Dice of (B, C, *spatial) `probs` against (B, *spatial) `target` with sums per sample and a linear
-    denominator (BCP / CML `mask_DiceLoss`, no weight mask):
-    1 - mean over samples and ALL classes (background included) of (2 sum(p t) + eps) / (sum p + sum t + eps)."""
+    denominator (BCP / CML `mask_DiceLoss`):
+    1 - mean over samples and ALL classes (background included) of (2 sum(p t) + eps) / (sum p + sum t + eps);
+    with a (B, *spatial) `mask` m every sum runs over m * (...) (`mask_DiceLoss(logits, target, mask)`)."""
     onehot = one_hot(target, probs.shape[1], probs.dtype)
     dims = tuple(range(2, probs.dim()))
-    intersect = (probs * onehot).sum(dims)
-    denom = probs.sum(dims) + onehot.sum(dims)
+    if mask is None:
+        intersect = (probs * onehot).sum(dims)
+        denom = probs.sum(dims) + onehot.sum(dims)
+    else:
+        m = mask.to(probs.dtype).unsqueeze(1)
+        intersect = (probs * onehot * m).sum(dims)
+        denom = ((probs + onehot) * m).sum(dims)
     return 1 - ((2 * intersect + eps) / (denom + eps)).mean()

@@ -104,7 +104,7 @@ import torch.nn.functional as F
 
 from benchmark.config import ConfigError
 from benchmark.ema import ema_update, frozen_copy
-from benchmark.losses import dice_loss, dice_loss_per_sample, one_hot
+from benchmark.losses import dice_loss, dice_loss_per_sample
 from benchmark.masks import largest_component_per_sample
 from benchmark.mixing import box_mask, paste, sample_box
 from methods.base import METHODS, Labeled, Method, MethodContext, Stage
@@ -164,24 +164,12 @@ def bidirectional_mix(labeled_a: Labeled, labeled_b: Labeled, unl_a: torch.Tenso
     return into_unlabeled, into_labeled
 
 
-def masked_dice_per_sample(probs: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
-                           eps: float = 1e-5) -> torch.Tensor:
-    """BCP / CML `mask_DiceLoss(logits, target, mask)`: per sample and class, (2 sum(m p t) + eps) /
-    (sum(m (p + t)) + eps) over the (B, *spatial) `mask` m, then 1 - the mean over samples and ALL classes."""
-    onehot = one_hot(target, probs.shape[1], probs.dtype)
-    m = mask.to(probs.dtype).unsqueeze(1)
-    dims = tuple(range(2, probs.dim()))
-    intersect = (probs * onehot * m).sum(dims)
-    denom = ((probs + onehot) * m).sum(dims)
-    return 1 - ((2 * intersect + eps) / (denom + eps)).mean()
-
-
 def region_dice(probs: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, smooth: float,
                 dice: str = "ssl4mis") -> torch.Tensor:
     """The Dice of `target` on the pixels where the (B, *spatial) `mask` is 1: ACDC `DiceLoss(..., mask)` or LA
     `mask_DiceLoss(..., mask)` (`dice: per_sample`)."""
     if dice == "per_sample":
-        return masked_dice_per_sample(probs, target, mask, smooth)
+        return dice_loss_per_sample(probs, target, smooth, mask)
     return dice_loss(probs, target, smooth, mask=mask)
 
 

@@ -16,7 +16,7 @@ from benchmark.nets import NETWORKS, build_network
 from benchmark.nets.cml import CoTrainingVNet, TrilinearUp
 from benchmark.nets.vnet import VNet
 from methods.base import Labeled, MethodContext, Stage
-from methods.bcp import BCP, BCPConfig, Mix, bidirectional_mix, masked_dice_per_sample, mix_loss, pseudo_labels, \
+from methods.bcp import BCP, BCPConfig, Mix, bidirectional_mix, mix_loss, pseudo_labels, \
     whole_loss
 from methods.cml import CML, CMLConfig, heterogeneous_targets
 from method_helpers import SMOKE_3D, method_ctx, method_ctx_3d, smoke_run_3d, tiny_volumes
@@ -124,11 +124,11 @@ def test_masked_per_sample_dice_is_mask_dice_loss_per_sample_on_the_masked_voxel
     torch.manual_seed(0)
     probs = torch.randn(2, 2, 4, 4, 6).softmax(1)
     target = torch.randint(0, 2, (2, 4, 4, 6))
-    torch.testing.assert_close(masked_dice_per_sample(probs, target, torch.ones(2, 4, 4, 6)),
+    torch.testing.assert_close(dice_loss_per_sample(probs, target, mask=torch.ones(2, 4, 4, 6)),
                                dice_loss_per_sample(probs, target))
     mask = torch.zeros(2, 4, 4, 6)
     mask[..., :3] = 1
-    torch.testing.assert_close(masked_dice_per_sample(probs, target, mask),
+    torch.testing.assert_close(dice_loss_per_sample(probs, target, mask=mask),
                                dice_loss_per_sample(probs[..., :3].contiguous(), target[..., :3].contiguous()))
 
 
