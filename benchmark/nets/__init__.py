@@ -13,12 +13,14 @@ from benchmark.config import ConfigError
 from benchmark.nets.caml3d import CAML3D
 from benchmark.nets.cml import CoTrainingUNet2D, CoTrainingVNet
 from benchmark.nets.discriminator import FC3DDiscriminator, FCDiscriminator, PatchDiscriminator
+from benchmark.nets.dk_uxnet import DKUXNet
 from benchmark.nets.mcf import ResNet34UNet
 from benchmark.nets.mcnet import MCNet2D
 from benchmark.nets.mcnet3d import MCNet2DPlus, mcnet3d_v1, mcnet3d_v2
 from benchmark.nets.swin_unet import SwinUNet
 from benchmark.nets.unet import UNet2D
 from benchmark.nets.unet_variants import UNetCCT, UNetURPC
+from benchmark.nets.uxnet import UXNet3D
 from benchmark.nets.vnet import VNet
 from benchmark.nets.vnet_sdf import VNetSDF
 from benchmark.nets.vnet_variants import VNetSSNet, VNetURPC
@@ -93,6 +95,13 @@ NETWORKS.add("cml-vnet", NetworkSpec(CoTrainingVNet, (3,), 16, role="method"),
 NETWORKS.add("mcf-resnet34-unet", NetworkSpec(ResNet34UNet, (3,), 16),
              "MCF's ResNet-34 encoder (7^3 stem, 4 strided BasicBlock stages) + V-Net decoder, 17,930,354 params; "
              "option width")
+
+NETWORKS.add("uxnet-3d", NetworkSpec(UXNet3D, (3,), 16),
+             "3D UX-Net (MASILab/3DUX-Net UXNET): 7^3 depthwise ConvNeXt-style encoder 48..384, UNETR-style residual "
+             "decoder, 53,005,922 params; options feature_size, hidden_size, depths, checkpoint")
+NETWORKS.add("dk-uxnet", NetworkSpec(DKUXNet, (3,), 16, role="method"),
+             "DK-UXNet: 3D UX-Net + kMaX decoder (2 k-means layers on each of 3 scales, 128 queries) + MaxQuery head; "
+             "63,245,026 params (layout paper) / 65,342,304 (released); options layout, query_groups, checkpoint")
 
 
 def build_network(name: str, in_channels: int, num_classes: int, **options: Any) -> nn.Module:
