@@ -34,6 +34,21 @@ Budget: `pretrain_fraction` (default 1/3) sets the pre-training length to round(
 self-training stage runs `iterations` (the suite's budget). The reference's 10 000 / 30 000 is the default
 at iterations = 30 000; `bench run --iterations 20` gives 7 + 20 steps.
 
+The masked Dice before and after BCP's fix (DeepMed-Lab-ECNU/BCP commit a925e30, 2023-10-29, `code/utils/
+losses.py`, "bug found by @CamillerFerros at github issue#25"): `DiceLoss.forward(..., mask)` turned the 0/1
+region mask into per-class masks with `_one_hot_mask_encoder` (a925e30^ L92-98, L131): class i's mask is
+(mask * i == i), which for i >= 1 is the region and for the background, i = 0, is ALL ONES; so each region's
+background Dice term ran over the whole image, against that region's target map. The fix repeats the region
+mask for every class (L124 after it). Both ACDC stages call it (`ACDC_BCP_train.py` `mix_loss` L175-176,
+from pre-training L249 and self-training L376-377). The LA script's `mask_DiceLoss` (losses.py L8-77) is not
+touched by the commit. Default `background_dice: masked` (the code since the fix); preset `paper-era`
+(`background_dice: whole`) reproduces the earlier one, which the paper's numbers and the released checkpoints
+predate (`models/` uploaded 2023-03-17, 26504d4; CVPR 2023). The leaderboards' `method: bcp` rows are
+SemSim's Tables I-III ("BCP-Net [28]"): SemSim retrained every compared method under CTCT's settings (§IV-C,
+"Following [7], we conduct all experiments under the same settings"; arXiv 2024-10, a year after the fix), and
+BCP's paper has no 1-case, ISIC or PROMISE12 results, so those rows map to the fixed `bcp`, as the
+leaderboards name it (that SemSim ran the code after the fix is an inference from the dates).
+
 Departures (none changes the algorithm):
 - Network: the reference's `UNet_2d` is the SSL4MIS UNet plus projection/prediction/selector heads that the
   ACDC script never calls; the plain `unet` is used (identical outputs; the unused heads only took weight
@@ -112,6 +127,7 @@ from methods.base import METHODS, Labeled, Method, MethodContext, Stage
 
 DICE_FORMS = ("ssl4mis", "per_sample")
 PRETRAIN_LOSSES = ("regions", "whole")
+BACKGROUND_DICE = ("masked", "whole")
 
 
 @dataclass
@@ -125,13 +141,19 @@ class BCPConfig:
     dice: str = "ssl4mis"              # ssl4mis: ACDC DiceLoss | per_sample: LA mask_DiceLoss
     pretrain_loss: str = "regions"     # regions: ACDC two-region mix_loss | whole: LA CE + Dice on the whole mix
     fresh_optimizer: bool = False      # a new SGD optimiser for self-training (LA load_net); False: keep it (ACDC)
+    background_dice: str = "masked"    # masked: region masks for every class (since a925e30) | whole: before it
 
     def __post_init__(self) -> None:
         if not 0 < self.pretrain_fraction:
             raise ConfigError(f"bcp: pretrain_fraction must be > 0 (got {self.pretrain_fraction})")
-        for name, valid in {"dice": DICE_FORMS, "pretrain_loss": PRETRAIN_LOSSES}.items():
+        for name, valid in {"dice": DICE_FORMS, "pretrain_loss": PRETRAIN_LOSSES,
+                            "background_dice": BACKGROUND_DICE}.items():
             if getattr(self, name) not in valid:
                 raise ConfigError(f"bcp: {name} must be one of {', '.join(valid)} (got {getattr(self, name)!r})")
+        if self.background_dice == "whole" and self.dice != "ssl4mis":
+            raise ConfigError("bcp: background_dice 'whole' (preset paper-era) is the ACDC DiceLoss before commit "
+                              "a925e30; dice 'per_sample' (LA mask_DiceLoss) never had it: use background_dice "
+                              "'masked' (plain bcp) with it")
 
 
 class Mix(NamedTuple):
@@ -165,24 +187,29 @@ def bidirectional_mix(labeled_a: Labeled, labeled_b: Labeled, unl_a: torch.Tenso
 
 
 def region_dice(probs: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, smooth: float,
-                dice: str = "ssl4mis") -> torch.Tensor:
+                dice: str = "ssl4mis", background_dice: str = "masked") -> torch.Tensor:
     """The Dice of `target` on the pixels where the (B, *spatial) `mask` is 1: ACDC `DiceLoss(..., mask)` or LA
-    `mask_DiceLoss(..., mask)` (`dice: per_sample`)."""
+    `mask_DiceLoss(..., mask)` (`dice: per_sample`). `background_dice="whole"`: the ACDC DiceLoss before
+    a925e30, whose background (class 0) term ignores the mask and runs over every pixel."""
     if dice == "per_sample":
         return dice_loss_per_sample(probs, target, smooth, mask)
+    if background_dice == "whole":
+        per_class = mask.unsqueeze(1).repeat(1, probs.shape[1], *[1] * (mask.dim() - 1))
+        per_class[:, 0] = 1
+        mask = per_class
     return dice_loss(probs, target, smooth, mask=mask)
 
 
 def mix_loss(logits: torch.Tensor, mix: Mix, mask: torch.Tensor, smooth: float = 1e-10,
-             dice: str = "ssl4mis") -> tuple[torch.Tensor, torch.Tensor]:
+             dice: str = "ssl4mis", background_dice: str = "masked") -> tuple[torch.Tensor, torch.Tensor]:
     """(Dice, CE) of one mixed input: each the weighted sum of its outside-the-box and inside-the-box terms
     (the mask is (*spatial), 1 in the box)."""
     logits = logits.float()
     probs = logits.softmax(1)
     inside = mask.to(logits.dtype).expand(logits.shape[0], *logits.shape[2:])
     outside = 1.0 - inside
-    dice_value = (mix.w_outside * region_dice(probs, mix.outside, outside, smooth, dice)
-                  + mix.w_inside * region_dice(probs, mix.inside, inside, smooth, dice))
+    dice_value = (mix.w_outside * region_dice(probs, mix.outside, outside, smooth, dice, background_dice)
+                  + mix.w_inside * region_dice(probs, mix.inside, inside, smooth, dice, background_dice))
     ce_out = F.cross_entropy(logits, mix.outside.long(), reduction="none")
     ce_in = F.cross_entropy(logits, mix.inside.long(), reduction="none")
     ce = (mix.w_outside * (ce_out * outside).sum() / (outside.sum() + 1e-16)
@@ -221,6 +248,7 @@ class BCP(Method):
     dims = (2, 3)
     networks = ("unet", "vnet")   # the Trainer's network (BCP's own UNet_2d / VNet add only unused heads)
     pairs_per_half = True   # copy-paste / CutMix pair two images within each half-batch
+    presets = {"paper-era": {"background_dice": "whole"}}   # the Dice of the published numbers (module docstring)
 
     def __init__(self, cfg: BCPConfig, ctx: MethodContext) -> None:
         super().__init__(cfg, ctx)
@@ -266,7 +294,7 @@ class BCP(Method):
         if self.cfg.pretrain_loss == "whole":   # LA: CE + Dice of the whole mixed volume
             dice, ce = whole_loss(logits, mix.label(mask), self.cfg.dice_smooth, self.cfg.dice)
         else:
-            dice, ce = mix_loss(logits, mix, mask, self.cfg.dice_smooth, self.cfg.dice)
+            dice, ce = mix_loss(logits, mix, mask, self.cfg.dice_smooth, self.cfg.dice, self.cfg.background_dice)
         return self._update(dice, ce)
 
     def _selftrain_step(self, labeled: Labeled, unlabeled: torch.Tensor | None) -> dict[str, torch.Tensor]:
@@ -284,7 +312,8 @@ class BCP(Method):
                                   mask, self.cfg.u_weight)
         dice, ce = 0.0, 0.0
         for mix in mixes:
-            d, c = mix_loss(self.model(mix.image), mix, mask, self.cfg.dice_smooth, self.cfg.dice)
+            d, c = mix_loss(self.model(mix.image), mix, mask, self.cfg.dice_smooth, self.cfg.dice,
+                            self.cfg.background_dice)
             dice, ce = dice + d, ce + c
         out = self._update(dice, ce)
         ema_update(self.teacher, self.model, self.cfg.ema_decay, 0, warmup=False)

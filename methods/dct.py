@@ -22,14 +22,23 @@ variant="paper" (the default; the paper's Sec. 3, with its CIFAR-10 weights, ada
   lambda_dif 0.5, FGSM eps 0.02, both weights ramped up with exp(-5(1-t)^2) over the first 80 of its 600
   epochs: here over `rampup_fraction` (80/600) of the stage's iterations.
 - Prediction: net 1.
+- Not checked here: the paper's text is not in ../shared, so the items above come from its equations as
+  cited; whether its two nets saw the same labeled minibatch is not verified (an unofficial CIFAR-10
+  re-implementation feeds each net its own labeled batch; here both see the same one).
 
-variant="ssl4mis" (preset `dct:ssl4mis`, what the table numbers were trained with):
+variant="ssl4mis" (preset `dct:ssl4mis`, the script behind the table numbers, in one of its two versions below):
 - ONE UNet. Labeled + unlabeled go through it; the unlabeled images also go through it rotated by
   k * 90 degrees, k drawn uniformly from {0,1,2,3} once per step (k=0: the same images again, so the two
   passes differ only by their dropout masks).
 - Consistency: 0.5 * (mean((q.detach() - rot(p))^2) + mean((q - rot(p).detach())^2)), p/q the softmax of
-  the plain/rotated pass: the value of an MSE, half of its gradient, split evenly between the two views.
-- loss = 0.5*(CE + Dice) + 0.1 * sigmoid_rampup(step // 150, 200) * consistency; SGD poly lr.
+  the plain/rotated pass: the value of an MSE, half of its gradient, split evenly between the two views
+  (train_deep_co_training_2D.py L157 at 06df604; `rotation_gradient="split"`).
+- loss = 0.5*(CE + Dice) + 0.1 * sigmoid_rampup(step // 150, 200) * consistency (step // 150 before the counter
+  increments, L155); SGD poly lr.
+- History: the script's first upload (9c2d468, 2021-12-02, a week before CTBCT's arXiv v1) had the plain MSE
+  mean((q - rot(p))^2) with the full gradient into both views; ed919cf (2022-01-12, "fixed a typo") changed it
+  to the split form. Which one CTBCT's DCT numbers were trained with is not stated; the plain form is
+  `rotation_gradient="full"` (preset `dct:ssl4mis-9c2d468`), i.e. twice the split form's gradient.
 """
 from __future__ import annotations
 
@@ -39,11 +48,13 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from benchmark.config import ConfigError
 from benchmark.losses import dice_ce_loss, entropy_map
 from benchmark.schedules import RampedConsistency, sigmoid_rampup
 from methods.base import METHODS, Labeled, Method, MethodContext
 
 VARIANTS = ("paper", "ssl4mis")
+ROTATION_GRADIENTS = ("split", "full")
 
 
 @dataclass
@@ -55,10 +66,14 @@ class DCTConfig(RampedConsistency):
     lambda_dif: float = 0.5           # paper, CIFAR-10
     epsilon: float = 0.02             # FGSM step (images in [0, 1])
     rampup_fraction: float = 80 / 600  # both lambdas ramp up over this share of the iterations (paper: 80 epochs)
+    rotation_gradient: str = "split"   # ssl4mis variant: split (06df604) | full (the first upload, 9c2d468)
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
-            raise ValueError(f"DCT variant must be one of {VARIANTS}, got {self.variant!r}")
+            raise ConfigError(f"dct: variant must be one of {VARIANTS}, got {self.variant!r}")
+        if self.rotation_gradient not in ROTATION_GRADIENTS:
+            raise ConfigError(f"dct: rotation_gradient must be one of {ROTATION_GRADIENTS}, "
+                              f"got {self.rotation_gradient!r}")
 
 
 def jensen_shannon(p1: torch.Tensor, p2: torch.Tensor) -> torch.Tensor:
@@ -77,16 +92,20 @@ def fgsm(x: torch.Tensor, loss: torch.Tensor, epsilon: float) -> torch.Tensor:
     return (x + epsilon * grad.sign()).detach()
 
 
-def rotation_consistency(p: torch.Tensor, q: torch.Tensor, k: int) -> torch.Tensor:
-    """SSL4MIS DCT: 0.5 * (mse(q.detach(), rot_k(p)) + mse(q, rot_k(p).detach())), p of the plain view."""
+def rotation_consistency(p: torch.Tensor, q: torch.Tensor, k: int, split: bool = True) -> torch.Tensor:
+    """SSL4MIS DCT: 0.5 * (mse(q.detach(), rot_k(p)) + mse(q, rot_k(p).detach())), p of the plain view;
+    split=False: the plain mse(q, rot_k(p)) of the script's first upload (same value, twice the gradient)."""
     p_rot = torch.rot90(p, k, (2, 3))
+    if not split:
+        return F.mse_loss(q, p_rot)
     return 0.5 * (F.mse_loss(p_rot, q.detach()) + F.mse_loss(q, p_rot.detach()))
 
 
 @METHODS.register("dct", "deep co-training: two UNets, JSD agreement, each robust to the other's FGSM views (Qiao 2018)")
 class DCT(Method):
     Config = DCTConfig
-    presets = {"ssl4mis": {"variant": "ssl4mis"}}
+    presets = {"ssl4mis": {"variant": "ssl4mis"},
+               "ssl4mis-9c2d468": {"variant": "ssl4mis", "rotation_gradient": "full"}}
 
     def __init__(self, cfg: DCTConfig, ctx: MethodContext) -> None:
         super().__init__(cfg, ctx)
@@ -131,7 +150,8 @@ class DCT(Method):
         logits = self.model1(torch.cat([labeled.image, unlabeled]))
         rot_logits = self.model1(torch.rot90(unlabeled, k, (2, 3)))
         sup = dice_ce_loss(logits[:n], labeled.label)
-        cons = rotation_consistency(logits[n:].float().softmax(1), rot_logits.float().softmax(1), k)
+        cons = rotation_consistency(logits[n:].float().softmax(1), rot_logits.float().softmax(1), k,
+                                    split=self.cfg.rotation_gradient == "split")
         out = self.consistency_update(sup, cons, step, self.optimizer1)
         out["rot_k"] = torch.tensor(k)
         return out

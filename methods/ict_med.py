@@ -18,11 +18,13 @@ What the method is (paper abstract, and the code):
 - SSL4MIS UNet-2D (`--model unet`), SGD lr 0.01 (momentum 0.9, wd 1e-4) with poly 0.9 decay, 30 000
   iterations, patch 256, best-on-val every 200 iterations, SSL4MIS `val_2D.py` / augmentation.
 
-The released `main.py` is SSL4MIS's `train_interpolation_consistency_training_2D.py` (as of Dec 2021) line for
-line; `networks/unet.py` (the `unet` path), `dataloaders/dataset.py`, `utils/losses.py` and `test.py` (=
-SSL4MIS `val_2D.py`) are SSL4MIS's files too. The only change in the training script is the
-`patients_to_slices` table: "140" -> 824 slices and a new "300" -> 1024, which the default `--labeled_num 300`
-selects (1024 labeled slices, not a few patients). So in code ICT-Med IS the SSL4MIS ICT baseline; this class
+The released `main.py` is SSL4MIS's `train_interpolation_consistency_training_2D.py` (unchanged there since
+f5b9b38, 2020-11, up to 06df604) line for line; `networks/unet.py` (the `unet` path), `dataloaders/dataset.py`
+(the older 50/25/25 `RandomGenerator`), `utils/losses.py` and `test.py` (= SSL4MIS `val_2D.py`) are SSL4MIS's
+files too. A line diff of the two training scripts (ignoring CRLF) leaves two changes: `test_single_volume` is
+imported from `test` instead of `val_2D` (the same function), and the `patients_to_slices` table maps "140" ->
+824 slices and a new "300" -> 1024, which the default `--labeled_num 300` selects (1024 labeled slices, not a
+few patients). So in code ICT-Med IS the SSL4MIS ICT baseline; this class
 reuses `methods.ict.ICT` unchanged (its docstring lists the harness's departures: u1 = u[k:2k] for any
 batch shape, torch's RNG for lam, the Trainer's poly convention).
 

@@ -17,7 +17,7 @@ What the reference does, and this module does too:
   One SGD optimiser (the Trainer's) over everything.
 - Supervised loss, on the labeled part, summed over the decoders:
   - 2D: MC-Net's own Dice loss, which has NO factor 2: per class 1 - sum(p t) / (sum p^2 + sum t^2 + 1e-10),
-    averaged over all classes (background included) (losses.py `DiceLoss`).
+    averaged over all classes (background included) (losses.py L22-56 `DiceLoss`; train_mcnet_2d.py L124-128).
   - 3D: `Binary_dice_loss` on the foreground softmax channel (train_mcnet_3d.py L147, losses.py L4-8):
     1 - (2 sum(p t) + 1e-8) / (sum p + sum t + 1e-8), with the factor 2 and linear (not squared) sums, over the
     labeled half-batch as one volume. It needs 2 classes (LA); a 3D task with more classes is refused.
@@ -25,17 +25,19 @@ What the reference does, and this module does too:
   Weight `lamda`: 2D 1 (the default at the current commit; an April-2022 copy under `mcnet/` had `beta` 0.5), LA
   0.5 (train_mcnet_3d.py L49, L163).
 - Sharpening, per element and per class (no renormalisation over classes):
-  s(p) = p^(1/T) / (p^(1/T) + (1 - p)^(1/T)), T = 0.1.
+  s(p) = p^(1/T) / (p^(1/T) + (1 - p)^(1/T)), T = 0.1 (train_mcnet_2d.py L30-33, L53; train_mcnet_3d.py L27-30, L48).
 - Mutual consistency over the WHOLE batch (labeled + unlabeled): sum over ordered pairs i != j of
-  mean((p_i - s(p_j))^2), p = softmax (2 pairs for two decoders, 6 for three). The reference does NOT detach
+  mean((p_i - s(p_j))^2), p = softmax (2 pairs for two decoders, 6 for three) (train_mcnet_2d.py L130-139,
+  losses.py L19-20 `mse_loss`). The reference does NOT detach
   s(p_j): it writes the sharpened map into a zeros tensor by index assignment, which keeps the graph, so gradients
   also flow through the target. `detach_target=False` reproduces that; True gives the stop-gradient variant.
 - Weight `consistency` * sigmoid_rampup(iter // 150, `consistency_rampup`) where both scripts increment iter
-  BEFORE computing it (train_mcnet_2d.py, train_mcnet_3d.py L160-161), so step t (0-based) uses (t + 1) // 150:
-  `consistency_weight(step + 1)`. 2D: 0.1 and 200; LA: 1.0 and 40 (train_mcnet_3d.py L46-47).
-- Inference: decoder 1 alone. 2D: validation and `test_2d.py` take `output[0]` (bilinear); 3D: `test_3d.py` L44-46
-  builds a plain `vnet` and loads the weights with strict=False, i.e. encoder + decoder 1 (transposed conv), and
-  `--nms` defaults to 0 (L16): no largest-component post-processing.
+  BEFORE computing it (train_mcnet_2d.py L141-142, train_mcnet_3d.py L160-161), so step t (0-based) uses
+  (t + 1) // 150: `consistency_weight(step + 1)`. 2D: 0.1 and 200; LA: 1.0 and 40 (train_mcnet_3d.py L46-47).
+- Inference: decoder 1 alone. 2D: validation takes `output[0]` (`val_2d.py` L29-31, bilinear); `test_2d.py` L90-92
+  builds a plain `unet` and loads the weights with strict=False, i.e. encoder + decoder 1 (bilinear), the same net;
+  3D: `test_3d.py` L44-46 builds a plain `vnet` and loads the weights with strict=False, i.e. encoder + decoder 1
+  (transposed conv), and `--nms` defaults to 0 (L16): no largest-component post-processing.
 
 Config defaults are the 2D (ACDC) reference; the LA values (lamda 0.5, consistency 1.0, ramp-up 40) are set by the
 LA suites' `method_config`. Not method settings but for the suites: both scripts never change the lr (SGD 0.01,

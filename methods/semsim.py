@@ -23,16 +23,20 @@ Departures and open choices (paper silent or ambiguous; choice made, and why):
 1. Colour transform: brightness/contrast jitter 0.5 with p 0.8 plus Gaussian blur p 0.5 (UniMatch's medical
    recipe, which SemSim's 224 / tau 0.95 / CutMix setting resembles; saturation/hue do nothing on grey MRI).
    CutMix: p 0.5, area 2-40 %, aspect 0.3-3.3, each strong view with its own box and colour draw, pasting
-   from a random other image of the same unlabeled batch; all targets (p^w, p^w_1, p^w_2 and masks) are
-   mixed by the same box (nearest-downsampled at feature resolution). The weak flip is added on top of the
-   loader's SSL4MIS rot90/flip/rotation, which is the "[7]" (CTCT) pipeline the paper follows.
+   from a random other image of the same unlabeled batch (a derangement: never the image itself; before
+   issue 19's audit a plain permutation let an image paste onto itself, i.e. no CutMix); all targets (p^w,
+   p^w_1, p^w_2 and masks) are mixed by the same box (nearest-downsampled at feature resolution). The weak
+   flip is added on top of the loader's SSL4MIS rot90/flip/rotation, which is the "[7]" (CTCT) pipeline the
+   paper follows.
 2. Which features: the ENCODER's stages 2-4 (the paper says x^s1 "is first sent into encoder h" and the
    maps then go to the SFM); stage 1 = the full-resolution level, so at 224 these are 112/56/28 px.
 3. Affinity resolution: the SFM output is at the middle (stage-3) scale (Eq. 17 interpolates stages i and
    i+2 to stage i+1), so M is (H/4 W/4)^2 (3136^2 at 224) and I(.) bilinearly resizes p^s to H/4; L_intra
    and L_cross are computed at that resolution.
 4. p^in is built from softmax probabilities and halved, p^in = (I(p) + I(p) M) / 2, so it is a distribution
-   on the same scale as tau (`refine_on="logits"`: z + zM on logits, then softmax). M is row-stochastic
+   on the same scale as tau; I(.) resizes the probabilities p = softmax(z), not the logits (before issue 19's
+   audit the logits were resized, then softmaxed, which this formula did not say) (`refine_on="logits"`:
+   I(z) + I(z) M on logits, then softmax). M is row-stochastic
    (softmax over k2 for each pixel k1) and p^in(k1) = p(k1) + sum_k2 M(k1,k2) p(k2); with the symmetric
    cosine this is the paper's I(p)·M with the softmax over the other index. Affinity temperature: Eq. 4
    has none, but raw cosines (in [0, 1] after the SFM's ReLU) over 3136 pixels give near-uniform rows, so
@@ -53,6 +57,7 @@ Departures and open choices (paper silent or ambiguous; choice made, and why):
 7. Sub-regions: N is read as the number of regions PER SIDE (N x N grid, delta = H'/N): Table V's values
    1, 2, 4, 8, 14 all divide 56 (the stage-3 side at 224), which square regions with N regions in total
    could not give for 2, 8, 14. `region_layout="total"` takes N as the total count (grid as square as N allows).
+   The labels are nearest-downsampled to the fused map's size for Eq. 7 (the paper does not say how).
    Fallbacks when class c is absent from region n of labeled image j: image j's prototype of c; if c is
    absent from image j, the labeled batch's prototype of c; if absent from the whole batch, c is left out
    of Eqs. 9-11 for every j and pixels pseudo-labelled c are dropped from L_cross.
@@ -84,7 +89,7 @@ from torch import nn
 from benchmark.config import ConfigError
 from benchmark.losses import confidence_mask, dice_ce_loss, dice_loss, masked_ce_loss
 from methods.base import METHODS, Labeled, Method, MethodContext
-from methods.fixmatch import WeakStrongConfig, strong_view, weak_view
+from methods.fixmatch import WeakStrongConfig, derangement, strong_view, weak_view
 
 #: encoder levels fused by the SFM: stages 2, 3, 4 of the paper = levels 1, 2, 3 of our UNet (level 0 = full res)
 FUSED_LEVELS = (1, 2, 3)
@@ -170,13 +175,20 @@ def affinity(feat: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     return (f.transpose(1, 2) @ f / temperature).softmax(-1)
 
 
-def refine(pred: torch.Tensor, m: torch.Tensor, on: str = "probs") -> torch.Tensor:
-    """Eq. 5 on a prediction already at the affinity's resolution: (B, C, h, w) logits -> probabilities.
+def resize_prediction(logits: torch.Tensor, size: tuple[int, int], on: str = "probs") -> torch.Tensor:
+    """I(.) of Eq. 5: the decoder's (B, C, H, W) output bilinearly resized to `size`, as probabilities
+    (on="probs": I(softmax(z)), still a distribution per pixel) or as logits (on="logits": I(z))."""
+    x = logits.float().softmax(1) if on == "probs" else logits.float()
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
-    probs: (p + p M) / 2 with p = softmax(logits); logits: softmax(z + z M)."""
+
+def refine(pred: torch.Tensor, m: torch.Tensor, on: str = "probs") -> torch.Tensor:
+    """Eq. 5 on a prediction already at the affinity's resolution (`resize_prediction`) -> probabilities.
+
+    on="probs": `pred` = probabilities p, returns (p + p M) / 2; on="logits": `pred` = logits z, returns
+    softmax(z + z M). Pixel k1 gets sum_k2 M(k1, k2) pred(k2) added (M row-stochastic)."""
     b, c, h, w = pred.shape
-    x = pred.float().softmax(1) if on == "probs" else pred.float()
-    flat = x.flatten(2)
+    flat = pred.float().flatten(2)
     out = (flat + flat @ m.transpose(1, 2)).view(b, c, h, w)
     return out / 2 if on == "probs" else out.softmax(1)
 
@@ -326,7 +338,7 @@ class SemSim(Method):
     def _intra(self, logits: torch.Tensor, fused: torch.Tensor) -> torch.Tensor:
         """p^in / p^w_1 (Eq. 5): the decoder's prediction resized to the fused map and refined by its affinity."""
         with torch.autocast(fused.device.type, enabled=False):   # similarities in fp32 under bf16 training
-            small = F.interpolate(logits.float(), size=fused.shape[-2:], mode="bilinear", align_corners=False)
+            small = resize_prediction(logits, fused.shape[-2:], self.cfg.refine_on)
             return refine(small, affinity(fused.float(), self.cfg.affinity_temperature), self.cfg.refine_on)
 
     def _cross(self, fused: torch.Tensor, protos: torch.Tensor, present: torch.Tensor
@@ -354,8 +366,9 @@ class SemSim(Method):
         used = set(cfg.streams_u if cfg.use_u else ()) | ({cfg.stream_intra} if cfg.use_intra else set()) \
             | ({cfg.stream_cross} if cfg.use_cross else set())
         k = max(used) if used else 0
-        views = [strong_view(weak, cfg) for _ in range(k)]
         b = weak.shape[0]
+        # CutMix partner: another image of the batch (a derangement), as item 1 says; alone, an image keeps its own
+        views = [strong_view(weak, cfg, partner=derangement(b) if b >= 2 else None) for _ in range(k)]
         if views:
             s_feats = self.model.encoder(torch.cat([v.image for v in views]))
             if cfg.feature_dropout > 0:

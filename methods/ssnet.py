@@ -24,9 +24,20 @@ What the reference does, and this module does too (2D):
   ascending sort keeps the 32 LOWEST scores (its comment says "highest"; `memory_keep_highest=True` gives
   that reading). Then every labeled pixel (with its label) and every unlabeled pixel (with its argmax
   pseudo-label) goes through projection + prediction heads, and per class c with > 1 pixel and > 1 memory
-  entry: distance = 1 - cosine(feature, memory entry), weighted by sigmoid(selector(feature.detach())) and
-  sigmoid(memory_selector(entry)), each rescaled to mean 1; the class term is the mean weighted distance and
-  the loss is the sum over classes / num_classes (`separation_loss`).
+  entry: distance = 1 - cosine(feature, memory entry), times the feature's weight sigmoid(selector(
+  feature.detach())) rescaled to mean 1 over the class's features (so the batch selectors train, through
+  this weight only); the class term is the mean weighted distance and the loss is the sum over classes /
+  num_classes (`separation_loss`). The memory is a constant (numpy in the reference, L36).
+- Memory-entry weights (`memory_weights`): the reference computes sigmoid(memory_selector(normalised entry))
+  (`contrastive_losses.py` L39, L51, L60), transposes it to (1, M) (L61) and then rescales it along dim 0,
+  which has length 1 (L62): each weight is v_j / v_j = 1 (1.0 +- 6e-8 measured), so the memory is weighted
+  uniformly and the memory selectors get no (non-zero) gradient. Default `memory_weights="uniform"`: weight
+  exactly 1 and the memory selectors are not run (their parameters stay as initialised: grad None, so SGD
+  skips them, where the reference's all-but-zero gradient lets weight decay shrink them; they never affect
+  an output). `memory_weights="learned"` (preset `learned-memory-weights`; our earlier default, and the
+  evident intent of the code): the same scores rescaled to mean 1 over the class's M entries, so entries
+  are weighted unevenly and the memory selectors train; they score the L2-normalised entries, as the
+  reference feeds them (our earlier code scored the un-normalised ones).
 - loss = Dice + w * (VAT + 0.1 * (sep_labeled + sep_unlabeled)), w = 0.1 * sigmoid_rampup(step // 150, 200)
   (the script computes w before incrementing its counter: step t uses t // 150). The reference calls one
   backward on it; here the main part is backpropagated before VAT's passes are built (same gradient, tested;
@@ -80,6 +91,7 @@ from benchmark.schedules import RampedConsistency
 from methods.base import METHODS, Labeled, Method, MethodContext
 
 DICE_FORMS = ("classes", "binary")
+MEMORY_WEIGHTS = ("uniform", "learned")
 
 
 @dataclass
@@ -90,6 +102,7 @@ class SSNetConfig(RampedConsistency):
     separation_weight: float = 0.1     # inside the ramped weight: w * (vat + 0.1 * (sep_l + sep_u))
     memory_size: int = 32              # memory entries per class
     memory_keep_highest: bool = False  # reference: ascending sort keeps the lowest-scored features
+    memory_weights: str = "uniform"    # uniform: the reference's (every entry 1) | learned: memory selectors, mean 1
     dice_smooth: float = 1e-10         # the "classes" Dice (2D DiceLoss / softDiceLoss)
     supervised_dice: str = "classes"   # classes: 2D DiceLoss over all classes | binary: 3D Binary_dice_loss (class 1)
     vat_distance: str = "classes"      # classes: 2D softDiceLoss per class | binary: 3D Binary_dice_loss, all channels
@@ -97,9 +110,10 @@ class SSNetConfig(RampedConsistency):
     rampup_step_offset: int = 0        # 2D: weight(t // 150); the 3D script increments iter first: 1
 
     def __post_init__(self) -> None:
-        for name in ("supervised_dice", "vat_distance"):
-            if getattr(self, name) not in DICE_FORMS:
-                raise ConfigError(f"ss-net: {name} must be one of {', '.join(DICE_FORMS)} "
+        for name, valid in (("supervised_dice", DICE_FORMS), ("vat_distance", DICE_FORMS),
+                            ("memory_weights", MEMORY_WEIGHTS)):
+            if getattr(self, name) not in valid:
+                raise ConfigError(f"ss-net: {name} must be one of {', '.join(valid)} "
                                   f"(got {getattr(self, name)!r})")
 
 
@@ -152,11 +166,20 @@ def vat_loss(model: nn.Module, x: torch.Tensor, xi: float, epsilon: float, itera
         return distance(model(x + r_adv).float().softmax(1), target)
 
 
+def memory_entry_weights(heads: SSNetHeads, c: int, entries: torch.Tensor, mode: str = "uniform") -> torch.Tensor:
+    """(1, M_c) weights of class c's memory entries. uniform: all 1, what the reference's rescaling along its
+    length-1 axis yields (module docstring); learned: sigmoid(memory_selector(normalised entry)), mean 1."""
+    if mode == "uniform":
+        return entries.new_ones(1, entries.shape[0])
+    v = torch.sigmoid(heads.memory_selectors[c](F.normalize(entries, dim=1))).T
+    return v / v.mean()
+
+
 def separation_loss(features: torch.Tensor, labels: torch.Tensor, memory: list[torch.Tensor | None],
-                    heads: SSNetHeads) -> torch.Tensor:
+                    heads: SSNetHeads, memory_weights: str = "uniform") -> torch.Tensor:
     """Class-wise pull of embedded `features` (N, D) towards their class's memory entries (M_c, D):
     sum over classes c (> 1 feature and > 1 entry) of mean_ij w_i v_j (1 - cos(f_i, m_j)), / num_classes;
-    w, v = sigmoid selector scores of the (detached) features / the entries, each rescaled to mean 1."""
+    w = sigmoid selector scores of the (detached) features rescaled to mean 1, v = `memory_entry_weights`."""
     loss = features.new_zeros(())
     for c, entries in enumerate(memory):
         feats = features[labels == c]
@@ -164,8 +187,8 @@ def separation_loss(features: torch.Tensor, labels: torch.Tensor, memory: list[t
             continue
         distances = 1 - F.normalize(feats, dim=1) @ F.normalize(entries, dim=1).T
         w = torch.sigmoid(heads.selectors[c](feats.detach()))          # (N_c, 1)
-        v = torch.sigmoid(heads.memory_selectors[c](entries)).T         # (1, M_c)
-        loss = loss + (distances * (w / w.mean()) * (v / v.mean())).mean()
+        v = memory_entry_weights(heads, c, entries, memory_weights)      # (1, M_c)
+        loss = loss + (distances * (w / w.mean()) * v).mean()
     return loss / len(memory)
 
 
@@ -174,6 +197,7 @@ class SSNet(Method):
     Config = SSNetConfig
     dims = (2, 3)
     networks = ("unet", "vnet")  # the SSL4MIS UNet's decoder features (2D); SS-Net's V-Net, vnet-ssnet (3D)
+    presets = {"learned-memory-weights": {"memory_weights": "learned"}}   # see the module docstring
 
     def __init__(self, cfg: SSNetConfig, ctx: MethodContext) -> None:
         super().__init__(cfg, ctx)
@@ -233,9 +257,10 @@ class SSNet(Method):
         correct = (pred[:n] == labeled.label) & (pred[:n] > 0)
         self.update_memory(pixels[:n][correct], labeled.label[correct])
         sep_l = separation_loss(heads.embed(pixels[:n].reshape(-1, pixels.shape[-1])),
-                                labeled.label.reshape(-1), self.memory, heads)
+                                labeled.label.reshape(-1), self.memory, heads, cfg.memory_weights)
         sep_u = (separation_loss(heads.embed(pixels[n:].reshape(-1, pixels.shape[-1])),
-                                 pred[n:].reshape(-1), self.memory, heads) if n < x.shape[0] else sup.new_zeros(()))
+                                 pred[n:].reshape(-1), self.memory, heads, cfg.memory_weights)
+                 if n < x.shape[0] else sup.new_zeros(()))
         weight = cfg.consistency_weight(step + cfg.rampup_step_offset)
         # loss = sup + w * (vat + 0.1 * (sep_l + sep_u)), backpropagated in two parts: the main pass's graph is
         # freed before VAT builds two more passes over the whole batch (same gradient and forward order as the

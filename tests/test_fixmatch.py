@@ -96,9 +96,9 @@ def test_pseudo_labels_come_from_the_weak_view(monkeypatch):
     seen = {}
     real_loss, real_strong = fm.unsupervised_loss, fm.strong_view
     monkeypatch.setattr(fm, "unsupervised_loss", lambda k, l, p, m: seen.update(pseudo=p, mask=m, strong_logits=l) or real_loss(k, l, p, m))
-    monkeypatch.setattr(fm, "strong_view", lambda w, c: seen.update(weak=w, view=real_strong(w, c)) or seen["view"])
+    monkeypatch.setattr(fm, "strong_view", lambda w, c, **kw: seen.update(weak=w, view=real_strong(w, c, **kw)) or seen["view"])
     method.train_step(labeled, u, 0)
-    with torch.no_grad():
+    with torch.no_grad():   # a conv without BN or dropout: the eval pass labelling the box equals the train pass
         expected = seen["view"].targets(method.model(seen["weak"]).argmax(1))
     assert torch.equal(seen["pseudo"], expected)
     assert not torch.equal(seen["pseudo"], seen["strong_logits"].argmax(1))  # not the strong view's own argmax

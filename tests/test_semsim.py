@@ -36,7 +36,7 @@ def test_refined_prediction_shape_and_formula():
     torch.manual_seed(0)
     logits = torch.randn(2, 4, 3, 3)
     m = affinity(torch.randn(2, 6, 3, 3))
-    p_in = refine(logits, m)
+    p_in = refine(logits.softmax(1), m)
     assert p_in.shape == (2, 4, 3, 3)
     torch.testing.assert_close(p_in.sum(1), torch.ones(2, 3, 3))       # (p + pM) / 2 stays a distribution
     p = logits.softmax(1).flatten(2)
@@ -211,8 +211,8 @@ def test_table_vi_presets_route_the_strong_views(monkeypatch, preset, views, int
     made, used = [], {"u": [], "intra": [], "cross": []}
     real_view = ss.strong_view
 
-    def tagged_view(weak, cfg):
-        made.append(real_view(weak, cfg))
+    def tagged_view(weak, cfg, **kw):
+        made.append(real_view(weak, cfg, **kw))
         return made[-1]
 
     real_dice, real_ce = ss.dice_loss, ss.masked_ce_loss
