@@ -32,6 +32,10 @@ class Format(str, Enum):
     csv = "csv"
 
 
+PRETRAINED_HELP = ("start of every Swin-UNet (CTCT, AdvMIM): imagenet (needs `bench weights fetch swin-tiny` once), "
+                   "none (from scratch) or a weights FILE; overrides the suite and its methods' entries")
+
+
 def _fail(message: str, code: int = 2) -> None:
     err.print(f"[bold red]error:[/] {message}", highlight=False)
     raise typer.Exit(code)
@@ -89,6 +93,7 @@ def run(
     workers: int = typer.Option(0, help="processes scoring test cases in parallel (0: in this process)"),
     test_cases: Optional[int] = typer.Option(None, "--test-cases", help="smoke runs: score only the first N test "
                                              "cases (such runs are tagged and left out of tables)"),
+    pretrained: Optional[str] = typer.Option(None, "--pretrained", help=PRETRAINED_HELP),
 ) -> None:
     """Train and test every method x labeled setting x seed of a suite; finished trials are skipped."""
     from benchmark import catalog
@@ -104,9 +109,10 @@ def run(
     if cpus_per_trial <= 0 or (gpus_per_trial is not None and gpus_per_trial < 0) or (max_concurrent or 1) < 1:
         _fail("--cpus-per-trial must be > 0, --gpus-per-trial >= 0 and --max-concurrent >= 1")
     try:
-        spec = catalog.get_suite(suite)
+        spec = _with_pretrained(catalog.get_suite(suite), pretrained)
         trials = expand(spec, methods=_csv(methods), seeds=_csv(seeds, int), iterations=iterations,
                         data_root=data_root, test_cases=test_cases)
+        _note_unused_pretrained(pretrained, trials)
         tracker = None
         if not no_track:
             from benchmark.track import Tracker
@@ -153,6 +159,22 @@ def run(
         raise typer.Exit(1)
 
 
+def _with_pretrained(spec, pretrained: Optional[str]):
+    """The suite with `--pretrained` applied (it wins over the suite's and its methods' own entries)."""
+    if pretrained is None:
+        return spec
+    from benchmark.weights import override_suite
+
+    return override_suite(spec, pretrained)
+
+
+def _note_unused_pretrained(pretrained: Optional[str], trials) -> None:
+    from benchmark.weights import trial_weights
+
+    if pretrained is not None and not any(trial_weights(t.resolved()) is not None for t in trials):
+        err.print(f"note: --pretrained {pretrained} applies to no trial here (none trains a Swin-UNet)")
+
+
 @app.command()
 def tune(
     suite: str = typer.Option(..., "--suite", "-s", help="suite name or path (dataset, Trainer settings, method_config)"),
@@ -180,6 +202,7 @@ def tune(
     data_root: Optional[Path] = typer.Option(None, help="folder holding real datasets (default: $BENCH_DATA_ROOT)"),
     tracking_uri: Optional[str] = typer.Option(None, help="MLflow URI (default as for run)"),
     device: str = typer.Option("auto", help="auto, cpu, cuda ..."),
+    pretrained: Optional[str] = typer.Option(None, "--pretrained", help=PRETRAINED_HELP),
 ) -> None:
     """Optuna search (TPE through Ray Tune, pruned by ASHA/median) or a grid over one method's hyper-parameters;
     the objective is the validation Dice; writes best.yaml (a suite method_config fragment)."""
@@ -188,7 +211,7 @@ def tune(
     from benchmark.tune import StudyInterrupted, StudySetup, grid_points, parse_grid, parse_space, run_study
 
     try:
-        spec = catalog.get_suite(suite)
+        spec = _with_pretrained(catalog.get_suite(suite), pretrained)
         cls = catalog.method_class(method)
         setup = StudySetup(spec, method, labeled if labeled is not None else spec.labeled[0],
                            seed if seed is not None else spec.seeds[0], iterations,
@@ -395,6 +418,42 @@ def _layout_table(suite, layout, fmt, show, out, checkpoint, stand_in, significa
     grid = lbm.build_grid(lb, runs, hd_units, stand_in=stand_in, cases=cases, baseline=baseline, cost=cost,
                           ours_note=note)
     _emit(lbm.render(grid, fmt, show), out)
+
+
+weights_app = typer.Typer(no_args_is_help=True, help="Pretrained weights: list them, fetch them (needs internet).")
+app.add_typer(weights_app, name="weights")
+
+
+@weights_app.command("ls")
+def weights_ls() -> None:
+    """The weights `bench weights fetch` knows, the `pretrained` value naming each, and whether it is here."""
+    from benchmark.weights import KNOWN, WEIGHTS_ENV, weights_dir
+
+    table = Table(show_header=True, header_style="bold",
+                  title=f"weights folder: {weights_dir()} (${WEIGHTS_ENV} moves it)")
+    for col in ("name", "pretrained", "file", "here", "description"):
+        table.add_column(col)
+    for spec in KNOWN.values():
+        path = weights_dir() / spec.filename
+        table.add_row(spec.name, spec.value, str(path), "yes" if path.is_file() else "no", spec.description)
+    console.print(table)
+
+
+@weights_app.command("fetch")
+def weights_fetch(name: str = typer.Argument(..., help="swin-tiny (bench weights ls)"),
+                  force: bool = typer.Option(False, "--force", help="download again even if the file is there"),
+                  directory: Optional[Path] = typer.Option(None, "--dir", help="target folder (default: the weights "
+                                                           "folder, $BENCH_WEIGHTS_DIR)")) -> None:
+    """Download pretrained weights once (huggingface hub, timm's copy); runs only ever read the local file."""
+    from benchmark.weights import FetchError, fetch
+
+    try:
+        path, downloaded = fetch(name, directory, force)
+    except ConfigError as exc:
+        _fail(str(exc))
+    except FetchError as exc:
+        _fail(str(exc), code=1)
+    console.print(f"{'downloaded' if downloaded else 'already there'}: {path}", highlight=False)
 
 
 class PlotKind(str, Enum):

@@ -350,10 +350,14 @@ class TrainConfig:
     checkpoint_every: int = 1000
     log_every: int = 50
     num_workers: int = 2
-    amp: str = "auto"                # auto: bf16 autocast on CUDA, fp32 on CPU | off
+    amp: str = "auto"                # auto: bf16 autocast on CUDA, fp32 on CPU | off (every reference: fp32)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "patch_size", as_patch(self.patch_size))
+
+    def precision(self, device_type: str) -> str:
+        """What the Trainer trains in on a device of this type: 'bf16' (autocast) or 'fp32'."""
+        return resolved_precision(self.amp, device_type)
 
     @property
     def spatial_dims(self) -> int:
@@ -374,6 +378,11 @@ class TrainConfig:
                 raise ConfigError(f"{where}.{name} must be >= 1")
 
 
+def resolved_precision(amp: str, device_type: str) -> str:
+    """`train.amp` resolved on a device type ('cuda', 'cpu', 'mps'): auto = bf16 autocast on CUDA only."""
+    return "bf16" if amp == "auto" and device_type.split(":")[0] == "cuda" else "fp32"
+
+
 # ------------------------------------------------------------------------------------------------ suite
 @dataclass(frozen=True)
 class Suite:
@@ -390,6 +399,9 @@ class Suite:
     path: Path | None = None
     # per-method evaluation overrides where a reference tests differently (LA: largest component on or off)
     method_protocol: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # start of every Swin-UNet the suite trains: imagenet | none | FILE (benchmark/weights.py); None: each
+    # method's default (none). A method_config / network_options entry, then --pretrained, override it.
+    pretrained: str | None = None
 
 
 #: suite tables whose entries are merged one level deeper by `extends` (per method: field by field)
@@ -427,7 +439,7 @@ def load_suite(path: Path) -> Suite:
     raw = read_suite_yaml(path)
     where = str(path)
     known = {"name", "description", "dataset", "labeled", "methods", "seeds", "train", "method_config",
-             "method_train", "method_protocol", "protocol"}
+             "method_train", "method_protocol", "protocol", "pretrained"}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ConfigError(f"{where}: unknown field(s) {', '.join(unknown)}; valid fields: {', '.join(sorted(known))}")
@@ -441,13 +453,17 @@ def load_suite(path: Path) -> Suite:
     if not (isinstance(seeds, list) and seeds and all(isinstance(s, int) for s in seeds)):
         raise ConfigError(f"{where}: seeds must be a non-empty list of integers (got {seeds!r})")
     labeled = raw["labeled"] if isinstance(raw["labeled"], list) else [raw["labeled"]]
+    pretrained = raw.get("pretrained")
+    if pretrained is not None and not isinstance(pretrained, str):
+        raise ConfigError(f"{where}: pretrained must be imagenet, none or the path of a weights file "
+                          f"(got {pretrained!r})")
     return Suite(
         name=str(raw["name"]), description=str(raw.get("description", "")).strip(), dataset=str(raw["dataset"]),
         labeled=tuple(labeled), methods=methods if methods == "all" else tuple(methods), seeds=tuple(seeds),
         train=dict(raw.get("train") or {}), method_config=dict(raw.get("method_config") or {}),
         method_train=dict(raw.get("method_train") or {}),
         protocol=dict(raw.get("protocol") or {}), path=Path(path),
-        method_protocol=dict(raw.get("method_protocol") or {}),
+        method_protocol=dict(raw.get("method_protocol") or {}), pretrained=pretrained,
     )
 
 

@@ -1,7 +1,10 @@
 """MLflow glue: the only module that imports mlflow.
 
 One experiment per suite, one run per trial, tagged with the trial's config hash. A hash with a FINISHED
-run is never trained again; an unfinished run with that hash is reused when the trial resumes.
+run is never trained again; an unfinished run with that hash is reused when the trial resumes. Every run is
+also tagged with how it was trained (`training_tags`): `precision` (bf16 | fp32, resolved on its device; every
+reference trains in fp32) and, when it trains a Swin-UNet, `pretrained` (imagenet | none | file name) and
+`pretrained_sha256` of the file it started from.
 """
 from __future__ import annotations
 
@@ -91,7 +94,9 @@ class Tracker:
 
     def open_run(self, name: str, config_hash: str, tags: dict[str, str], params: dict[str, Any]) -> "TrackedRun":
         """Reuse the newest unfinished run of this hash (a resume), else create one. A run that `--force`
-        superseded is history, never resumed: a forced retrain gets a run of its own."""
+        superseded is history, never resumed: a forced retrain gets a run of its own. `training_tags` of the
+        resolved config `params` on `tags["device"]` are added (the caller's tags win)."""
+        tags = {**training_tags(params, tags.get("device", "")), **tags}
         previous = [r for r in self.runs(config_hash)
                     if r.info.status != "FINISHED" and r.data.tags.get("superseded") != "true"]
         if previous:
@@ -196,6 +201,24 @@ def open_existing_run(run_id: str, tracking_uri: str | None = None) -> tuple["Tr
     if not run_dir:
         raise ConfigError(f"run {run_id} has no run_dir tag (made by an older harness); use --checkpoint FILE")
     return TrackedRun(client, run_id), Path(run_dir)
+
+
+def training_tags(resolved: dict[str, Any], device: str) -> dict[str, str]:
+    """How a trial (its resolved config) trains on `device` ('cpu', 'cuda:0 (NVIDIA ...)'): `precision` as the
+    Trainer resolves `train.amp` there (bf16 autocast on CUDA with amp auto, else fp32), and for a trial with
+    a Swin-UNet `pretrained` (imagenet | none | the file's name) and `pretrained_sha256` (the file's digest)."""
+    from benchmark.config import resolved_precision
+    from benchmark import weights
+
+    amp = str((resolved.get("train") or {}).get("amp", "auto"))
+    out = {"precision": resolved_precision(amp, device.split(" ")[0] if device else "")}
+    value = weights.trial_weights(resolved)
+    if value is not None:
+        out["pretrained"] = weights.tag_value(value)
+        path = weights.locate(value)
+        if path is not None and path.is_file():
+            out["pretrained_sha256"] = weights.file_digest(path)
+    return out
 
 
 def harness_tags() -> dict[str, str]:

@@ -125,7 +125,7 @@ class Trainer:
         seed_everything(seed)
         self.method = build_method(method_cls, method_cfg, cfg, in_channels or data.in_channels,
                                    len(class_names)).to(self.device)
-        if method_cls.uses_unlabeled:
+        if method_cls.draws_unlabeled(method_cfg):
             if labeled_rows == n_total:
                 raise ValueError(f"{method_cls.__name__} needs unlabeled data but all {n_total} training rows are labeled")
             lbs, ubs = cfg.labeled_batch_size, cfg.batch_size - cfg.labeled_batch_size
@@ -144,7 +144,7 @@ class Trainer:
         self.best: dict[str, tuple[float, int]] = {k: (-1.0, -1) for k in self.selections}
         self.val_history: list[tuple[int, float]] = []
         self.base_lrs = {k: [g["lr"] for g in o.param_groups] for k, o in self.method.optimizers().items()}
-        self.use_bf16 = cfg.amp == "auto" and self.device.type == "cuda"
+        self.use_bf16 = cfg.precision(self.device.type) == "bf16"   # the rule the run's `precision` tag uses
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
 

@@ -45,7 +45,13 @@ Choices the paper leaves open (what we do):
 - Table 1's columns say which terms each row uses per network, but the text copy flattens the S/C marks;
   our presets read the rows as: labeled-only = S on L_seg^l alone (no C); cross-teaching = + L_seg^u for S and
   C; masked-domain = + L_mdl for S; adversarial = + L_adv for S; full = + L_mdl and L_adv for C (extension).
-- ImageNet weights for S: the paper does not say; `pretrained` is a local Swin-T path, None = from scratch.
+- ImageNet weights for S: the paper does not say; the released code starts S from ImageNet Swin-T
+  (`train.py` L118-128 builds `MiMSwinUnet` and calls `load_from`; its lite yaml and `config.py` L50 name
+  `pretrained_ckpt/swin_tiny_patch4_window7_224.pth`; `load_from` in `networks/vision_transformer.py` loads
+  the encoder and the mirrored decoder stages, as SSL4MIS's; the mask tokens and C keep their init), and so
+  does CTCT, which the paper follows. `pretrained` = imagenet | none | FILE (`benchmark/weights.py`): the
+  Config default is none (no file needed outside a suite), the ACDC suites and advmim-ablation set imagenet;
+  the golden-loss regression check and `--pretrained none` train from scratch, and the runs are tagged.
 Logged terms: loss_{seg_l,seg_u,mdl_l,mdl_u,adv}_{s,c} (adv unweighted; the nets' totals loss_s, loss_c apply
 lambda_adv), loss_d_{s,c} (as minimised) and loss = loss_s + loss_c. A preset without a term does not log it.
 Checkpoint, evaluation set and augmentation are the Trainer's / suite's (paper: random crop 224, flip and
@@ -64,6 +70,7 @@ from benchmark.losses import (dice_loss, lsgan_discriminator_loss, lsgan_generat
                               weighted_ce)
 from benchmark.masks import random_block_masks, upsample_block_mask
 from benchmark.nets.unet import CHANNELS
+from benchmark.weights import normalise
 from methods.base import METHODS, Labeled, MethodContext
 from methods.ctct import CNNTransformerPair
 
@@ -83,10 +90,11 @@ class AdvMIMConfig:
     masked_learning: bool = True     # L_mdl^l + L_mdl^u for S
     adversarial: bool = True         # L_adv for S, with its discriminator
     cnn_extension: bool = True       # the masked and adversarial terms for C too (§2.4)
-    pretrained: str | None = None    # local ImageNet Swin-T checkpoint for S; None = from scratch
+    pretrained: str = "none"         # S's start: imagenet (released code) | none | FILE; suites: imagenet
     grad_clip: float = RELEASED_GRAD_CLIP   # max gradient norm of all four nets (paper: silent); 0 = off
 
     def __post_init__(self) -> None:
+        self.pretrained = normalise(self.pretrained)
         if self.loss_variant not in VARIANTS:
             raise ConfigError(f"advmim: loss_variant must be one of {VARIANTS} (got {self.loss_variant!r})")
         if not self.cross_teaching and (self.masked_learning or self.adversarial or self.cnn_extension):

@@ -105,11 +105,17 @@ class Method(ABC):
         self.cfg, self.ctx = cfg, ctx
 
     @classmethod
+    def draws_unlabeled(cls, cfg: Any) -> bool:
+        """Whether the Trainer puts unlabeled images in the batches for this config (default `uses_unlabeled`;
+        a method whose labeled-only preset must run with every row labeled overrides it)."""
+        return cls.uses_unlabeled
+
+    @classmethod
     def check(cls, cfg: Any, train: Any, where: str) -> None:
         """Requirements on the Trainer's settings (`train`, a TrainConfig), checked when a suite is expanded,
         before any training: raise ConfigError naming the field. The base checks the unlabeled batch (and
         `pairs_per_half`)."""
-        if cls.uses_unlabeled and train.batch_size <= train.labeled_batch_size:
+        if cls.draws_unlabeled(cfg) and train.batch_size <= train.labeled_batch_size:
             raise ConfigError(f"{where}: this method needs unlabeled images in every batch: batch_size "
                               f"({train.batch_size}) must exceed labeled_batch_size ({train.labeled_batch_size})")
         if cls.pairs_per_half and min(train.labeled_batch_size, train.batch_size - train.labeled_batch_size) < 2:

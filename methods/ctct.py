@@ -1,17 +1,27 @@
 """Cross Teaching between CNN and Transformer (CTCT; Luo et al., MIDL 2022) as in SSL4MIS
 `train_cross_teaching_between_cnn_transformer_2D.py` (PROTOCOLS.md §3.1, HiLab-git/SSL4MIS @06df604).
 
-What the reference does, and this module does too:
-- Two nets: the SSL4MIS UNet (CNN) and a Swin-UNet "lite" (`benchmark/nets/swin_unet.py`) at the 224 training
-  patch, grayscale repeated to 3 channels; the Swin-UNet may start from ImageNet Swin-T weights (reference:
-  `pretrained_ckpt/swin_tiny_patch4_window7_224.pth`, loaded with strict=False). Here `pretrained` is a LOCAL
-  path and defaults to None (from scratch, which the runner must tag `pretrained=none`): nothing is downloaded.
-- One SGD optimiser per net (lr 0.01, momentum 0.9, wd 1e-4, poly 0.9: the suites' `method_train.ctct`),
-  batch 8 labeled + 8 unlabeled, 224 x 224.
-- Per net: supervised 0.5 * (CE + Dice) on the labeled part, plus the cross-teaching term: Dice (only, no CE)
-  of its softmax on the UNLABELED part against the other net's argmax (no gradient through the pseudo-label),
-  weighted by 0.1 * sigmoid_rampup(step // 150, 200). The sum of both nets' losses is backpropagated once and
-  both optimisers step (each net's parameters only reach its own terms).
+What the reference does, and this module does too (line numbers: that script at @06df604):
+- Two nets: the SSL4MIS UNet (CNN, `net_factory("unet")`, L163) and a Swin-UNet "lite"
+  (`benchmark/nets/swin_unet.py`) at the 224 training patch, grayscale repeated to 3 channels (L171).
+- The Swin-UNet STARTS FROM ImageNet Swin-T: L173 calls `load_from`, whose config (the lite yaml,
+  `PRETRAIN_CKPT: pretrained_ckpt/swin_tiny_patch4_window7_224.pth`) names the ImageNet checkpoint; it loads
+  the encoder and the mirrored decoder stages (`benchmark/nets/swin_unet.py`). Ours: `pretrained` = imagenet
+  | none | FILE (`benchmark/weights.py`); the Config default is none (a method built outside a suite needs no
+  file), every ACDC suite sets `pretrained: imagenet`; `--pretrained none` trains from scratch, tagged so.
+  Nothing is downloaded during a run (`bench weights fetch swin-tiny` once).
+- One SGD optimiser per net, both lr 0.01 (`--base_lr`, L59), momentum 0.9, wd 1e-4 (L201-204), the same poly
+  0.9 for both (L260-264: lr set after the step for the next one, i.e. base * (1 - k / max)^0.9 at 0-based
+  step k, as our Trainer), batch 8 labeled + 8 unlabeled (L55, L94), 224 x 224 (L61); the suites'
+  `method_train.ctct`.
+- Per net: supervised 0.5 * (CE + Dice) on the labeled part (L230-233; Dice = SSL4MIS `DiceLoss` on the
+  softmax: per class over the whole batch, 1 - (2 sum pt + 1e-5) / (sum p^2 + sum t + 1e-5), mean over the 4
+  classes, background included), plus the cross-teaching term: Dice (only, no CE) of its softmax on the
+  UNLABELED part against the OTHER net's argmax (no gradient through the pseudo-label; L235-243: the CNN
+  learns from the Swin-UNet's argmax and vice versa), weighted by 0.1 * sigmoid_rampup(step // 150, 200)
+  (L102-105, L143-145, L227-228; the 0-based step before its increment, as ours). The sum of both nets'
+  losses is backpropagated once and both optimisers step (L245-256; each net's parameters only reach its own
+  terms).
 
 Open choice: which net predicts. The reference validates and saves both (`unet_best_model1.pth` = CNN,
 `unet_best_model2.pth` = Swin-UNet); we predict with the CNN by default (`predict_with: cnn`), which the
@@ -32,6 +42,7 @@ from torch import nn
 from benchmark.config import ConfigError
 from benchmark.losses import dice_ce_loss, dice_loss, pseudo_targets
 from benchmark.schedules import RampedConsistency
+from benchmark.weights import normalise
 from methods.base import METHODS, Labeled, Method, MethodContext
 
 PREDICTORS = ("cnn", "transformer")
@@ -39,7 +50,8 @@ PREDICTORS = ("cnn", "transformer")
 
 class CNNTransformerPair(Method):
     """Base of the CNN + Swin-UNet cross-teaching methods: `self.cnn` (SSL4MIS UNet) and `self.transformer`
-    (Swin-UNet at the training patch size, ImageNet weights from `cfg.pretrained` if set), one optimiser each.
+    (Swin-UNet at the training patch size, started from `cfg.pretrained`: imagenet | none | FILE), one
+    optimiser each.
     `transformer_options` are extra Swin-UNet constructor options (AdvMIM: mask tokens); `build_cnn=False`
     leaves the CNN out (AdvMIM's labeled-only ablation)."""
     networks = ("unet",)  # the CNN; the transformer is swin-unet
@@ -72,10 +84,11 @@ def cross_teaching_dice(cnn_logits: torch.Tensor, transformer_logits: torch.Tens
 
 @dataclass
 class CTCTConfig(RampedConsistency):
-    pretrained: str | None = None    # local ImageNet Swin-T checkpoint for the Swin-UNet; None = from scratch
+    pretrained: str = "none"         # Swin-UNet start: imagenet (the reference) | none | FILE; suites: imagenet
     predict_with: str = "cnn"        # cnn | transformer (see the module docstring)
 
     def __post_init__(self) -> None:
+        self.pretrained = normalise(self.pretrained)
         if self.predict_with not in PREDICTORS:
             raise ConfigError(f"ctct: predict_with must be one of {PREDICTORS} (got {self.predict_with!r})")
 

@@ -200,3 +200,14 @@ def test_suites_train_advmim_as_the_paper_and_the_ablation_suite_runs_table1():
     ablation = catalog.get_suite("advmim-ablation")
     assert list(ablation.methods) == [f"advmim:{p}" for p in TERMS]
     assert list(ablation.labeled) == ["10%"] and ablation.train["lr"] == 0.05 and ablation.train["patch_size"] == 224
+
+
+def test_suites_start_the_swin_unet_from_imagenet_as_the_released_code():
+    """Released train.py L118-128 calls load_from (config.py L50: the ImageNet Swin-T checkpoint): every
+    ACDC suite with AdvMIM, the Table 1 ablation included, asks for `pretrained: imagenet`."""
+
+    for name in ("acdc-3pct", "acdc-10pct", "advmim-ablation"):
+        suite = catalog.get_suite(name)
+        assert suite.pretrained == "imagenet" and "pretrained" not in suite.method_config.get("advmim", {})
+    assert AdvMIMConfig().pretrained == "none" and AdvMIMConfig(pretrained=None).pretrained == "none"
+    assert AdvMIMConfig(pretrained="ImageNet").pretrained == "imagenet"

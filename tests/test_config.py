@@ -195,8 +195,10 @@ def test_runs_of_swin_methods_are_tagged_with_their_pretrained_weights(tmp_path)
     trials = {t.method: t for t in expand(load_suite(path))}
     assert tags_of(trials["ctct"], "cpu")["pretrained"] == "none"
     assert "pretrained" not in tags_of(trials["cps"], "cpu")
+    weights = tmp_path / "swin_tiny.pth"   # a FILE must exist when the suite is expanded
+    weights.write_bytes(b"x")
     path.write_text(yaml.safe_dump({"name": "s", "dataset": "synthetic-acdc", "labeled": [3], "seeds": [0],
-                                    "methods": ["ctct"], "method_config": {"ctct": {"pretrained": "/w/swin_tiny.pth"}}}))
+                                    "methods": ["ctct"], "method_config": {"ctct": {"pretrained": str(weights)}}}))
     assert tags_of(expand(load_suite(path))[0], "cpu")["pretrained"] == "swin_tiny.pth"
 
 

@@ -69,3 +69,58 @@ def test_prediction_net_is_configurable():
 def test_ctct_trainer_smoke(synthetic, tmp_path):
     rec = smoke_run(synthetic, tmp_path, CTCT)
     assert all("train/loss_cross_transformer" in m for m in rec.train.values())
+
+
+def _ssl4mis_dice(probs: torch.Tensor, target: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """SSL4MIS `DiceLoss` as PROTOCOLS.md §3.1 describes it, written out here: per class c over the whole batch,
+    1 - (2 sum p_c t_c + eps) / (sum p_c^2 + sum t_c^2 + eps), averaged over all classes (background too)."""
+    terms = []
+    for c in range(probs.shape[1]):
+        p, t = probs[:, c], (target == c).float()
+        terms.append(1 - (2 * (p * t).sum() + eps) / ((p * p).sum() + (t * t).sum() + eps))
+    return torch.stack(terms).mean()
+
+
+def test_step_losses_equal_the_reference_terms_on_identical_inputs():
+    """SSL4MIS train_cross_teaching_between_cnn_transformer_2D.py L227-248 on the same logits: per net
+    0.5 (CE + Dice) on the labeled part + w Dice(own softmax, OTHER net's argmax) on the unlabeled part,
+    w = 0.1 exp(-5 (1 - min(step // 150, 200) / 200)^2); loss = the sum of both nets' losses."""
+    torch.manual_seed(0)
+    method = CTCT(CTCTConfig(), ctx())
+    method.train(False)   # dropout and drop-path off: the step sees the logits computed here
+    labeled, u = tiny_batch()
+    x, n = torch.cat([labeled.image, u]), labeled.image.shape[0]
+    with torch.no_grad():
+        cnn, swin = method.cnn(x), method.transformer(x)
+    step = 4567
+    weight = 0.1 * torch.exp(torch.tensor(-5.0 * (1 - min(step // 150, 200) / 200) ** 2)).item()
+    expect = {}
+    for name, own, other in (("cnn", cnn, swin), ("transformer", swin, cnn)):
+        probs = own.softmax(1)
+        expect[f"loss_sup_{name}"] = 0.5 * (torch.nn.functional.cross_entropy(own[:n], labeled.label)
+                                            + _ssl4mis_dice(probs[:n], labeled.label))
+        expect[f"loss_cross_{name}"] = _ssl4mis_dice(probs[n:], other[n:].argmax(1))
+        expect[f"loss_{name}"] = expect[f"loss_sup_{name}"] + weight * expect[f"loss_cross_{name}"]
+    expect["loss"] = expect["loss_cnn"] + expect["loss_transformer"]
+    out = method.train_step(labeled, u, step)
+    assert out["cons_weight"].item() == pytest.approx(weight)
+    for key, value in expect.items():
+        assert out[key].item() == pytest.approx(value.item(), rel=1e-5), key
+
+
+def test_acdc_suites_train_ctct_as_the_reference_script_from_imagenet_weights():
+    """8 + 8 at 224, SGD lr 0.01 momentum 0.9 wd 1e-4 poly 0.9 for both nets (L55-61, L94, L201-204, L260),
+    ramp 0.1 over 200 x 150 steps (L102-105), ImageNet Swin-T (L173)."""
+    from benchmark import catalog
+    from benchmark.config import TrainConfig, build_dataclass
+
+    for name in ("acdc-3pct", "acdc-10pct"):
+        suite = catalog.get_suite(name)
+        cfg = build_dataclass(TrainConfig, {**suite.train, **suite.method_train["ctct"]}, name)
+        assert (cfg.batch_size, cfg.labeled_batch_size, cfg.patch_size, cfg.optimizer, cfg.lr, cfg.momentum,
+                cfg.weight_decay, cfg.lr_schedule, cfg.poly_power, cfg.iterations) == \
+            (16, 8, (224, 224), "sgd", 0.01, 0.9, 1e-4, "poly", 0.9, 30000)
+        assert suite.pretrained == "imagenet" and "ctct" not in suite.method_config
+    default = CTCTConfig()
+    assert (default.consistency, default.consistency_rampup, default.rampup_unit) == (0.1, 200.0, 150)
+    assert default.pretrained == "none" and CTCTConfig(pretrained=None).pretrained == "none"

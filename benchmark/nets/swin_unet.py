@@ -26,11 +26,22 @@ absolute position embedding, this is the paper's "shared mask token with positio
 sum (token + learned position embedding). It exists only with `mask_tokens=True`, so the plain net's
 parameter count equals the reference's.
 
-ImageNet weights: `pretrained=<local path>` loads a Swin-T checkpoint (timm key names, or the original
-Microsoft ones with `model`/`layers.i.downsample` at stage ends, which are renamed) into the encoder and, as the
-reference `load_from` does, copies encoder stage j's block weights into the decoder stage of the same width.
-Tensors whose shape differs (e.g. Swin-T's stage 3 has 6 blocks, the lite net 2) are skipped; nothing is ever
-downloaded. `pretrained=None` (default) is a from-scratch net; `net.pretrained` says which.
+ImageNet weights (`pretrained`: imagenet | none | FILE, resolved by `benchmark.weights`; nothing is ever
+downloaded here): `load_pretrained` reads a Swin-T checkpoint (timm key names, or Microsoft's original ones,
+wrapped in `model`, with `layers.i.downsample` at a stage's END, renamed to timm's start-of-next-stage layout)
+and does what the reference `load_from` does (SSL4MIS @06df604 code/networks/vision_transformer.py L54-86, the
+same in AdvMIM @1652af8): every checkpoint tensor whose name and shape match the net loads (the encoder:
+patch embedding, the stages' blocks and mergings, the bottleneck norm); besides, each `layers.i.*` tensor is
+also offered to the decoder stage `layers_up.(3 - i)` of the reference, the decoder stage of the same width
+(ours: `layers_up.(2 - i)`, since our first patch expanding is `first_expand`, not `layers_up.0`): the blocks of
+encoder stages 0-2 load into decoder stages 96/192/384 wide (stage 3 maps onto the reference's first
+expanding, which has no blocks, so nothing); tensors whose shape differs are dropped, keys the net lacks
+(`head.*`, Swin-T stage 2's blocks 2-5: the lite net has 2) are ignored. What keeps its initialisation: the
+decoder's patch expandings, concat linears, `norm_up`, the final x4 expanding, the output conv and the mask
+tokens. With timm's swin_tiny_patch4_window7_224 (173 tensors): 197 net tensors load (119 encoder + 78
+decoder; 25,082,820 of the 27,168,420 parameters), 54 checkpoint tensors are unused (head.fc 2, stage-2 blocks
+2-5 52), 21 net tensors keep their init; `net.pretrained_report` keeps the lists.
+`pretrained=none` (default) is a from-scratch net; `net.pretrained` is the file loaded, or None.
 """
 from __future__ import annotations
 
@@ -43,6 +54,7 @@ from timm.layers import PatchEmbed, trunc_normal_
 from timm.models.swin_transformer import SwinTransformerBlock, SwinTransformerStage
 
 from benchmark.masks import upsample_block_mask
+from benchmark.weights import resolve
 
 LITE = dict(patch_size=4, embed_dim=96, depths=(2, 2, 2, 2), num_heads=(3, 6, 12, 24), window_size=7,
             mlp_ratio=4.0, drop_path_rate=0.2)
@@ -94,7 +106,10 @@ class SwinUNet(nn.Module):
         if img_size % (patch_size * 2 ** (n - 1)):
             raise ValueError(f"Swin-UNet img_size {img_size} must be a multiple of {patch_size * 2 ** (n - 1)} "
                              f"(patch {patch_size}, {n - 1} mergings)")
-        self.in_channels, self.img_size, self.pretrained = in_channels, img_size, pretrained
+        weights = resolve(pretrained, "swin-unet.pretrained")   # MissingWeights before anything is built
+        self.in_channels, self.img_size = in_channels, img_size
+        self.pretrained = None if weights is None else str(weights)
+        self.pretrained_report: dict[str, list[str]] = {}
         grid = img_size // patch_size
         self.grid = grid
         self.patch_embed = PatchEmbed(img_size, patch_size, 3, embed_dim, norm_layer=nn.LayerNorm, output_fmt="NHWC")
@@ -122,8 +137,8 @@ class SwinUNet(nn.Module):
         if mask_tokens:
             self.mask_token = nn.Parameter(torch.zeros(1, grid, grid, embed_dim))
             trunc_normal_(self.mask_token, std=0.02)
-        if pretrained is not None:
-            load_pretrained(self, pretrained)
+        if weights is not None:
+            self.pretrained_report = load_pretrained(self, weights)
 
     def apply_mask(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Replace the token positions covered by the block mask (B, gh, gw) with the mask tokens."""
@@ -177,31 +192,28 @@ def _timm_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def load_pretrained(net: SwinUNet, path: str | Path) -> dict[str, list[str]]:
-    """Load a local ImageNet Swin checkpoint into the encoder, mirror its stage blocks into the decoder.
+    """Load a local ImageNet Swin checkpoint into the encoder, mirror its stage blocks into the decoder (the
+    reference `load_from`, see the module docstring).
 
-    Returns {"loaded": [...], "skipped": [...]} (checkpoint keys). Raises FileNotFoundError naming the path."""
+    Returns {"loaded": net keys set from the file, "unused": checkpoint keys that set nothing, "kept_init": net
+    keys left at their initialisation}. Raises ValueError for a file that is no Swin checkpoint."""
     path = Path(path).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"Swin-UNet pretrained weights not found: {path} (give a local Swin-T checkpoint, "
-                                f"e.g. swin_tiny_patch4_window7_224.pth, or pretrained: null to train from scratch)")
     source = _timm_keys(torch.load(path, map_location="cpu", weights_only=False))
     own = net.state_dict()
     n_up = len(net.layers_up)
-    targets: dict[str, str] = {}
-    for k in source:
-        targets[k] = k
-        stage = re.match(r"layers\.(\d+)\.blocks\.(.*)", k)
-        if stage and int(stage.group(1)) < n_up:  # encoder stage j -> decoder stage of the same width
-            targets[k + "@up"] = f"layers_up.{n_up - 1 - int(stage.group(1))}.blocks.{stage.group(2)}"
-    update, loaded, skipped = {}, [], []
-    for k, target in targets.items():
-        v = source[k.removesuffix("@up")]
-        if target in own and own[target].shape == v.shape:
-            update[target] = v
-            loaded.append(k)
-        elif not k.endswith("@up"):
-            skipped.append(k)
+    update: dict[str, torch.Tensor] = {}
+    used: set[str] = set()
+    for k, v in source.items():
+        targets = [k]
+        stage = re.match(r"layers\.(\d+)\.(.*)", k)
+        if stage and int(stage.group(1)) < n_up:  # reference layers_up.(3 - i) = ours layers_up.(2 - i)
+            targets.append(f"layers_up.{n_up - 1 - int(stage.group(1))}.{stage.group(2)}")
+        for target in targets:
+            if target in own and own[target].shape == v.shape:
+                update[target] = v
+                used.add(k)
     if not any(k.startswith("patch_embed.") for k in update):
         raise ValueError(f"{path} does not look like a Swin checkpoint: no patch_embed weights matched")
     net.load_state_dict(update, strict=False)
-    return {"loaded": loaded, "skipped": skipped}
+    return {"loaded": sorted(update), "unused": sorted(set(source) - used),
+            "kept_init": sorted(set(own) - set(update))}

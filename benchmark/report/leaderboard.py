@@ -209,7 +209,9 @@ def runs_to_layout_frame(frame: pd.DataFrame, checkpoint: str) -> pd.DataFrame:
         if col.startswith("params.method.") and col != "params.method.name":
             out["cfg." + col[len("params.method."):]] = frame[col]
     costs = cost_fields(frame).drop(columns="device", errors="ignore")
-    return pd.concat([out, costs], axis=1).reset_index(drop=True)
+    from benchmark.report.tables import training_fields
+
+    return pd.concat([out, costs, training_fields(frame)], axis=1).reset_index(drop=True)
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -421,6 +423,10 @@ def describe(lb: Leaderboard, our_hd_units: str, runs: pd.DataFrame, stand_in: s
     cap = f"{lb.paper} Table {lb.table}: {lb.caption or lb.title}"
     if any_ours:
         cap += f" Ours: mean ± std over seeds (n = number of seeds){', ' + ours_note if ours_note else ''}."
+        from benchmark.report.tables import training_note
+
+        trained = training_note(runs)   # precision (references: fp32) and the Swin-UNet start of our runs
+        cap += f" Our runs' {trained}." if trained else ""
     notes = []
     proto = "; ".join(f"{k.replace('_', ' ')}: {v}" for k, v in lb.protocol.items())
     if proto:

@@ -1,10 +1,13 @@
 """Paper-style tables: mean +- std over seeds, best bold, second underlined, the protocol in the header.
 
 Pure pandas: `runs_to_long` takes the frame of finished MLflow runs (`Tracker.finished_frame`), the rest works
-on that long table, so tables are testable without MLflow.
+on that long table, so tables are testable without MLflow. Every caption also says how the runs were trained
+(`training_note`): the precision (every reference trains in fp32; our Trainer's amp auto = bf16 autocast on
+CUDA) and, for Swin-UNet methods, the weights they started from (imagenet | none | file).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -27,6 +30,53 @@ class TableContext:
     checkpoint: str
     classes: tuple[str, ...] = ()   # order of the per-class columns
     unit: str = "patient"           # what a labeled count counts (the card's labeled.unit): patient | case
+    training: str = ""              # how the runs trained (`training_note`; `render` fills it from the runs)
+
+
+def training_fields(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per finished MLflow run (rows as in `frame`): `precision` (bf16 | fp32: the run's tag, else resolved from
+    its params.train.amp and device tag, else 'unknown') and `pretrained` (imagenet | none | file name; '' for a
+    run without a Swin-UNet)."""
+    from benchmark.config import resolved_precision
+    from benchmark.weights import tag_value
+
+    def col(name: str) -> pd.Series:
+        return frame.get(name, pd.Series("", index=frame.index)).fillna("").astype(str)
+
+    tagged, amp, device = col("tags.precision"), col("params.train.amp"), col("tags.device")
+    derived = [resolved_precision(a, d.split(" ")[0]) if a and d else "unknown" for a, d in zip(amp, device)]
+    precision = tagged.where(tagged != "", pd.Series(derived, index=frame.index))
+    pretrained = col("tags.pretrained")
+    param = col("params.method.pretrained").map(lambda v: tag_value(None if v == "None" else v) if v else "")
+    return pd.DataFrame({"precision": precision, "pretrained": pretrained.where(pretrained != "", param)},
+                        index=frame.index)
+
+
+def training_note(runs: pd.DataFrame) -> str:
+    """'precision: fp32 (as the references)', '...: bf16 autocast (references: fp32)' (k of n when mixed),
+    plus 'Swin-UNet start: advmim imagenet, ctct none' for the runs with one. '' for frames without the
+    `precision` column (not made from MLflow runs)."""
+    if runs.empty or "precision" not in runs:
+        return ""
+    values = runs["precision"].fillna("unknown").astype(str)
+    n, bf16, unknown = len(values), int((values == "bf16").sum()), int((values == "unknown").sum())
+    if bf16 == n:
+        note = "precision: bf16 autocast (references: fp32)"
+    elif bf16:
+        note = f"precision: bf16 autocast in {bf16} of {n} runs, fp32 in the rest (references: fp32)"
+    elif unknown < n:
+        note = "precision: fp32 (as the references)"
+    else:
+        note = "precision: not recorded"
+    if unknown and unknown < n:
+        note += f"; {unknown} run(s) without a precision record"
+    if "pretrained" in runs and "method" in runs:
+        starts = runs[runs["pretrained"].fillna("").astype(str) != ""]
+        if not starts.empty:
+            base = starts["method"].astype(str).str.split(" (", regex=False).str[0]   # "ctct (iters 2, ..)"
+            per = starts.groupby(base, sort=True)["pretrained"]
+            note += "; Swin-UNet start: " + ", ".join(f"{m} {'/'.join(sorted(set(v)))}" for m, v in per)
+    return note
 
 
 def runs_to_long(frame: pd.DataFrame, checkpoint: str) -> pd.DataFrame:
@@ -46,7 +96,7 @@ def runs_to_long(frame: pd.DataFrame, checkpoint: str) -> pd.DataFrame:
     for col in frame.columns:
         if col.startswith(prefix) and not col.endswith("nan_count"):
             out[col[len(prefix):]] = frame[col].astype(float)
-    return pd.concat([out, cost_fields(frame)], axis=1).reset_index(drop=True)
+    return pd.concat([out, cost_fields(frame), training_fields(frame)], axis=1).reset_index(drop=True)
 
 
 def label_cells(long: pd.DataFrame) -> pd.DataFrame:
@@ -57,8 +107,12 @@ def label_cells(long: pd.DataFrame) -> pd.DataFrame:
     out = long.copy()
     counts = out.groupby(["labeled_patients", "method"])["cell"].transform("nunique")
     several = counts > 1
+    start = pd.Series("", index=out.index)
+    if "pretrained" in out:   # Swin-UNet runs: which start each row is
+        known = out["pretrained"].fillna("").astype(str) != ""
+        start[known] = ", pretrained " + out.loc[known, "pretrained"].astype(str)
     out.loc[several, "method"] = (out.loc[several, "method"] + " (iters " + out.loc[several, "iterations"]
-                                  + ", " + out.loc[several, "cell"].str[:6] + ")")
+                                  + start[several] + ", " + out.loc[several, "cell"].str[:6] + ")")
     return out
 
 
@@ -123,7 +177,8 @@ def caption(ctx: TableContext, patients: int, rows: int, n_values: set[int]) -> 
     n = "/".join(str(v) for v in sorted(n_values))
     labeled = (f"{patients} labeled patients ({rows} slices)" if ctx.unit == "patient"
                else f"{patients} labeled {'case' if patients == 1 else 'cases'}")
-    return f"{ctx.dataset}, {labeled}; mean ± std over n={n} seeds; protocol: {ctx.protocol}"
+    training = f"; trained with {ctx.training}" if ctx.training else ""
+    return f"{ctx.dataset}, {labeled}; mean ± std over n={n} seeds; protocol: {ctx.protocol}{training}"
 
 
 Costs = tuple[list[str], dict[tuple[int, str], list[str]]]   # column names; (patients, method) -> cells
@@ -202,6 +257,8 @@ def render(long: pd.DataFrame, fmt: str, ctx: TableContext, per_class: bool = Fa
         columns += sorted(extra, key=lambda c: (METRICS.index(c.split("/")[0]), order.get(c.split("/")[1], 99), c))
     agg = aggregate(long, columns)
     costs = cost_cells(long) if cost else None
+    if not ctx.training:
+        ctx = dataclasses.replace(ctx, training=training_note(long))
     if fmt == "markdown":
         return to_markdown(agg, columns, ctx, costs)
     if fmt == "latex":

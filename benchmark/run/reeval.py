@@ -14,6 +14,7 @@ from benchmark.config import ConfigError, EvaluationProtocol, TrainConfig, build
 from benchmark.data.dataset import load_dataset
 from benchmark.evaluate import evaluate_cases, make_inferer, summarize
 from benchmark.train import build_method, pick_device
+from benchmark.weights import takes_weights
 
 
 @dataclass
@@ -52,7 +53,13 @@ def evaluate_saved(saved: SavedModel, protocol_overrides: dict[str, Any], datase
     protocol.validate("bench eval: protocol", card.num_classes, card.spatial_dims)
     method_cfg_values = {k: v for k, v in cfg["method"].items() if k != "name"}
     method_cls = catalog.method_class(cfg["method"]["name"])
-    train = build_dataclass(TrainConfig, cfg["train"], "config.yaml: train")
+    train_values = dict(cfg["train"])
+    # the saved weights overwrite every parameter: build without the ImageNet start (no weights file needed)
+    if takes_weights(method_cls):
+        method_cfg_values["pretrained"] = "none"
+    if "pretrained" in train_values.get("network_options", {}):
+        train_values["network_options"] = {**train_values["network_options"], "pretrained": "none"}
+    train = build_dataclass(TrainConfig, train_values, "config.yaml: train")
     dev = pick_device(device)
     method = build_method(method_cls, method_cls.make_config(method_cfg_values, "config.yaml: method"), train,
                           card.in_channels, card.num_classes).to(dev)

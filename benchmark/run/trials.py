@@ -12,6 +12,7 @@ from benchmark.config import (HARNESS_VERSION, ConfigError, DatasetCard, Evaluat
 from benchmark.data.augment import AUGMENTATIONS
 from benchmark.data.dataset import generator_of, open_splits
 from benchmark.nets import NETWORKS, check_network
+from benchmark.weights import method_overrides_with_weights, train_values_with_weights
 
 
 @dataclass(frozen=True)
@@ -85,11 +86,16 @@ def expand(suite: Suite, methods: Sequence[str] | None = None, seeds: Sequence[i
         if iterations is not None:
             values["iterations"] = iterations
         label = f"{where}: train" if method not in suite.method_train else f"{where}: train + method_train.{method}"
+        values = train_values_with_weights(values, suite.pretrained, label)   # missing weights stop here
         cfg = build_dataclass(TrainConfig, values, label)
         cfg.validate(label, card.spatial_dims)
         check_trainable(method, classes[method], cfg, card.spatial_dims, label)
         return cfg
 
+    # the suite's `pretrained` for the methods with a Swin-UNet of their own; missing weights stop here
+    overrides = {m: method_overrides_with_weights(cls, method_overrides(suite.method_config, m, presets[m]),
+                                                  suite.pretrained, f"{where}: {m}")
+                 for m, cls in classes.items()}
     trains = {m: train_for(m) for m in classes}
     protocols = {m: suite_protocol(suite, card, m) for m in classes}
     splits = open_splits(card, data_root)
@@ -98,10 +104,9 @@ def expand(suite: Suite, methods: Sequence[str] | None = None, seeds: Sequence[i
         patients = card.labeled.patients(setting, f"{where}: labeled")
         rows = splits.labeled_rows(patients)
         for method, cls in classes.items():
-            cfg = cls.make_config(method_overrides(suite.method_config, method, presets[method]),
-                                  f"{where}: method_config.{method}")
+            cfg = cls.make_config(overrides[method], f"{where}: method_config.{method}")
             cls.check(cfg, trains[method], f"{where}: {method}")
-            if cls.uses_unlabeled and rows == len(splits.train):
+            if cls.draws_unlabeled(cfg) and rows == len(splits.train):
                 raise ConfigError(f"{where}: {method} needs unlabeled data but {setting!r} labels all "
                                   f"{rows} training rows; drop that setting or use supervised")
             for seed in (seeds if seeds is not None else suite.seeds):
