@@ -129,3 +129,32 @@ def dice_loss_per_sample(probs: torch.Tensor, target: torch.Tensor, eps: float =
         intersect = (probs * onehot * m).sum(dims)
         denom = ((probs + onehot) * m).sum(dims)
     return 1 - ((2 * intersect + eps) / (denom + eps)).mean()
+
+
+def info_nce(z: torch.Tensor, positive_index, tau: float, reduction: str = "mean",
+             eps: float = 1e-8) -> torch.Tensor:
+    """SimCLR's NT-Xent (InfoNCE with cosine similarity; DK-UXNet Eq. 3) among V vectors z (..., V, D): anchor i
+    with positive j = positive_index[i] scores -log(exp(sim(z_i, z_j)/tau) / sum_{k != i} exp(sim(z_i, z_k)/tau)),
+    sim(x, y) = x.y / (|x| |y|) (norms floored at `eps`). Leading dims are independent sets (e.g. one set of views
+    per voxel; `positive_index` a sequence or CPU tensor). Returns the mean over anchors and sets, or with
+    reduction="none" the (..., V) per-anchor losses."""
+    v = z.shape[-2]
+    pos = torch.as_tensor(positive_index, dtype=torch.long).reshape(-1).cpu()   # checked on the host: no sync
+    if pos.numel() != v or bool(((pos < 0) | (pos >= v) | (pos == torch.arange(pos.numel()))).any()):
+        raise ValueError(f"info_nce: positive_index must give each of the {v} anchors another vector in 0..{v - 1} "
+                         f"(got {pos.tolist()})")
+    pos = pos.to(z.device)
+    if tau <= 0:
+        raise ValueError(f"info_nce: tau must be > 0 (got {tau})")
+    with torch.autocast(z.device.type, enabled=False):                # cosines in float32, also under AMP
+        unit = F.normalize(z.float(), dim=-1, eps=eps)
+        logits = unit @ unit.transpose(-1, -2) / tau                   # (..., V, V)
+    self_pair = torch.eye(v, dtype=torch.bool, device=z.device)
+    logits = logits.masked_fill(self_pair, float("-inf"))               # the denominator runs over k != i
+    positive = logits.gather(-1, pos.view(v, 1).expand(*logits.shape[:-1], 1)).squeeze(-1)
+    loss = torch.logsumexp(logits, dim=-1) - positive
+    if reduction == "none":
+        return loss
+    if reduction == "mean":
+        return loss.mean()
+    raise ValueError(f"info_nce: reduction must be mean or none (got {reduction!r})")
