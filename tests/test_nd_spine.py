@@ -26,7 +26,8 @@ def demo3d(**train):
 def test_all_means_the_methods_of_the_cards_dimensionality():
     trials = expand(dataclasses.replace(catalog.get_suite("demo-3d"), methods="all"), seeds=[0])
     assert {t.method for t in trials} == {"supervised", "mean-teacher", "ua-mt", "urpc", "mc-net", "mc-net-plus",
-                                          "ss-net", "bcp", "cml", "sassnet", "dtc", "caml", "mcf"}   # the LA methods
+                                          "ss-net", "bcp", "cml", "sassnet", "dtc", "caml", "mcf",
+                                          "dk-uxnet"}   # the LA methods
     assert "cct" in catalog.expand_method_names(["all"], 2) and "cct" not in catalog.expand_method_names(["all"], 3)
 
 
