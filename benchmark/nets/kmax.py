@@ -58,6 +58,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint as torch_checkpoint
 
+from benchmark.nets.uxnet import conv_nd
+
 BN_EPS = 1e-3          # kMaX get_norm: eps 1e-3
 BN_MOMENTUM = 0.01     # kMaX get_norm: momentum 0.01 (TF decay 0.99)
 MASK_BN_GAIN = 0.1     # kMaXPredictor: the mask-logit BatchNorm's gamma init
@@ -98,8 +100,7 @@ class DepthwiseBN(nn.Module):
 
     def __init__(self, channels: int, spatial_dims: int, kernel_size: int = 5) -> None:
         super().__init__()
-        conv = {2: nn.Conv2d, 3: nn.Conv3d}[spatial_dims]
-        self.conv = conv(channels, channels, kernel_size, padding=kernel_size // 2, groups=channels, bias=False)
+        self.conv = conv_nd(spatial_dims)(channels, channels, kernel_size, padding=kernel_size // 2, groups=channels, bias=False)
         nn.init.xavier_uniform_(self.conv.weight)
         self.norm = _bn(channels)
 
