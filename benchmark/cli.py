@@ -263,6 +263,11 @@ class Show(str, Enum):
     both = "both"
 
 
+class Rules(str, Enum):
+    ours = "ours"
+    paper = "paper"
+
+
 def _suite_frame(suite: str, checkpoint: Optional[str], tracking_uri: Optional[str], smoke: bool = False):
     """(spec, card, protocol with the chosen checkpoint, finished-runs frame scored under that protocol). Smoke
     runs (`--test-cases`) are left out, or with `smoke` they are the only runs kept."""
@@ -330,6 +335,9 @@ def table(
     cost: bool = typer.Option(True, "--cost/--no-cost", help="steps/s, hours and parameters of our runs"),
     smoke: bool = typer.Option(False, "--smoke", help="show the smoke runs (--test-cases) instead, marked as such: "
                                "a check that every method ran, not results"),
+    rules: Rules = typer.Option(Rules.ours, help="with --layout: score an empty predicted class by our rule (ours, "
+                                "the default) or re-score it under each setting's known paper rule (paper); a "
+                                "checkpoint rule the paper used and we did not is flagged either way"),
     tracking_uri: Optional[str] = typer.Option(None, help="MLflow URI (default as for run)"),
 ) -> None:
     """Print the suite's results table from MLflow (finished runs only), or a paper's table with ours beside it."""
@@ -338,8 +346,10 @@ def table(
 
     if layout is not None:
         _layout_table(suite, layout, format.value, show.value, out, checkpoint, stand_in, significance, baseline,
-                      cost, tracking_uri, smoke)
+                      cost, tracking_uri, smoke, rules.value)
         return
+    if rules is Rules.paper:
+        _fail("--rules paper needs --layout (the paper's rules are those of a published table)")
     if suite is None:
         _fail("give --suite (or --layout for a published table)")
     spec, card, protocol, frame, _ = _suite_frame(suite, checkpoint, tracking_uri, smoke)
@@ -378,11 +388,11 @@ def _emit(text: str, out: Optional[Path]) -> None:
 
 
 def _layout_table(suite, layout, fmt, show, out, checkpoint, stand_in, significance, baseline, cost,
-                  tracking_uri, smoke: bool = False) -> None:
+                  tracking_uri, smoke: bool = False, rules: str = "ours") -> None:
     import pandas as pd
 
     from benchmark.report import leaderboard as lbm
-    from benchmark.report.stats import case_table
+    from benchmark.report.stats import case_table, rescore_runs
 
     try:
         lb = lbm.load(layout)
@@ -416,7 +426,7 @@ def _layout_table(suite, layout, fmt, show, out, checkpoint, stand_in, significa
         runs, hd_units = pd.concat(parts, ignore_index=True), units.pop()
         note = "; ".join(f"suite {', '.join(names)}, protocol: {text}" for text, names in notes.items())
     grid = lbm.build_grid(lb, runs, hd_units, stand_in=stand_in, cases=cases, baseline=baseline, cost=cost,
-                          ours_note=note)
+                          ours_note=note, rescore=rescore_runs if rules == "paper" else None)
     _emit(lbm.render(grid, fmt, show), out)
 
 

@@ -22,9 +22,11 @@ from benchmark.config import EvaluationProtocol
 from benchmark.data.formats import Case
 from benchmark.inference import Inferer, Predictor, build_inferer
 from benchmark.masks import largest_component_per_class
-from benchmark.metrics import METRICS, case_metrics, dice_only
+from benchmark.metrics import EMPTY_POLICIES, METRICS, case_metrics, diagonal, dice_only, empty_case_metrics
 
-CASE_COLUMNS = ["case", "class", "class_name", *METRICS]
+# pred_voxels / ref_voxels / diagonal let a saved table be re-scored under another empty-prediction policy
+# (`rescore_cases`) without running inference again
+CASE_COLUMNS = ["case", "class", "class_name", *METRICS, "pred_voxels", "ref_voxels", "diagonal"]
 
 
 def make_inferer(protocol: EvaluationProtocol, train_patch: Sequence[int]) -> Inferer:
@@ -49,7 +51,32 @@ def score_case(name: str, pred: np.ndarray, ref: np.ndarray, classes: Sequence[i
                policy: str, spacing: Sequence[float] | None) -> list[dict]:
     """Rows (one per class) of one case; runs in a worker process when evaluation is parallel."""
     per_class = case_metrics(pred, ref, classes, spacing=spacing, policy=policy)
-    return [{"case": name, "class": int(c), "class_name": class_names[c], **per_class[c]} for c in classes]
+    worst = diagonal(pred.shape, spacing)
+    return [{"case": name, "class": int(c), "class_name": class_names[c], **per_class[c],
+             "pred_voxels": int((pred == c).sum()), "ref_voxels": int((ref == c).sum()), "diagonal": worst}
+            for c in classes]
+
+
+def rescore_cases(cases: pd.DataFrame, policy: str) -> pd.DataFrame:
+    """Per-case rows (as `evaluate_cases` writes them) under another empty-prediction policy: the rows in which
+    the prediction or the reference is empty get that policy's values; the others are unchanged. Exact: the
+    same numbers as scoring the predictions under `policy` (tests/test_rules.py). Needs the voxel-count columns
+    (rows written before they existed raise ValueError)."""
+    missing = [c for c in ("pred_voxels", "ref_voxels", "diagonal") if c not in cases]
+    if missing:
+        raise ValueError(f"per-case rows lack {', '.join(missing)} (written before re-scoring existed): score the "
+                         f"weights again with `bench eval --run RUN_ID --empty-prediction {policy}`")
+    if policy not in EMPTY_POLICIES or policy == "error":
+        raise ValueError(f"cannot re-score under {policy!r}; valid: worst, zero_all, dice0_hd0")
+    out = cases.copy()
+    metrics = [m for m in METRICS if m in out]
+    empty = (out["pred_voxels"] == 0) | (out["ref_voxels"] == 0)
+    for i in out.index[empty]:
+        row = out.loc[i]
+        values = empty_case_metrics(bool(row["pred_voxels"]), bool(row["ref_voxels"]), policy,
+                                    float(row["diagonal"]), metrics)
+        out.loc[i, metrics] = [values[m] for m in metrics]
+    return out
 
 
 def evaluate_cases(predict: Predictor, volumes: Sequence[Case], protocol: EvaluationProtocol,

@@ -358,9 +358,11 @@ def diagonal(shape: Sequence[int], spacing: Sequence[float] | float | None = Non
     return float(np.sqrt((extent ** 2).sum()))
 
 
-def _empty_case(p_any: bool, r_any: bool, policy: str, shape: Sequence[int], spacing,
-                which: Sequence[str]) -> dict[str, float]:
-    """The metrics of a pair in which the prediction or the reference is empty (module docstring)."""
+def empty_case_metrics(p_any: bool, r_any: bool, policy: str, worst: float,
+                       which: Sequence[str] = METRICS) -> dict[str, float]:
+    """The metrics of a pair in which the prediction or the reference is empty (module docstring); `worst` is
+    the distance the `worst` policy gives (the image diagonal, `diagonal`). Also re-scores saved per-case rows
+    under another policy (benchmark.evaluate.rescore_cases)."""
     if policy not in EMPTY_POLICIES:
         raise ValueError(f"unknown empty-prediction policy {policy!r}; valid: {', '.join(EMPTY_POLICIES)}")
     if policy == "error":
@@ -368,7 +370,6 @@ def _empty_case(p_any: bool, r_any: bool, policy: str, shape: Sequence[int], spa
     if policy == "worst":
         if not p_any and not r_any:
             return {m: math.nan for m in which}
-        worst = diagonal(shape, spacing)
         return {m: (0.0 if m in ("dice", "jaccard") else worst) for m in which}
     if not p_any:  # zero_all, dice0_hd0
         return {m: 0.0 for m in which}
@@ -381,7 +382,7 @@ def mask_metrics(pred: np.ndarray, ref: np.ndarray, policy: str = "worst", spaci
     pred, ref = np.asarray(pred, dtype=bool), np.asarray(ref, dtype=bool)
     p_any, r_any = bool(pred.any()), bool(ref.any())
     if not (p_any and r_any):
-        return _empty_case(p_any, r_any, policy, pred.shape, spacing, which)
+        return empty_case_metrics(p_any, r_any, policy, diagonal(pred.shape, spacing), which)
     unknown = [m for m in which if m not in ("dice", "jaccard") + SURFACE_METRICS]
     if unknown:
         raise KeyError(f"unknown metric(s) {unknown}")

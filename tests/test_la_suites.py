@@ -83,3 +83,10 @@ def test_tables_take_each_run_under_its_methods_protocol_and_show_smoke_runs_onl
     assert "no finished runs for suite 'demo-3d'" in both.output
     assert "suite demo-3d-mp on synthetic-la, protocol: SMOKE RUNS" in both.output
     assert "suite demo-3d on synthetic-la, protocol:" in both.output
+    assert "W!/L!]" in both.output            # our rules by default; CML's LA code scores empty classes 0 and
+    paper = runner.invoke(app, ["table", "--layout", "cml-table1", "--stand-in", "la", "--suite", str(suite),
+                                "--tracking-uri", uri, "--smoke", "--no-significance", "--rules", "paper"])
+    assert paper.exit_code == 0, paper.output  # selects on the test list: re-scored from the per-case rows,
+    assert "Z*/L!]" in paper.output and "W!/" not in paper.output   # the checkpoint only flagged
+    no_layout = runner.invoke(app, ["table", "--suite", str(suite), "--tracking-uri", uri, "--rules", "paper"])
+    assert no_layout.exit_code != 0 and "--rules paper needs --layout" in no_layout.output

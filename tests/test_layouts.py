@@ -23,7 +23,7 @@ def fake_runs(specs, dataset="acdc", labeled=3, **extra) -> pd.DataFrame:
             rows.append({"method": method, "dataset": dataset, "labeled": labeled, "seed": seed,
                          "run_dir": f"/runs/{method}-{labeled}-{seed}", "device": "cpu", "run_id": f"{method}{seed}",
                          "dice": dice, "jaccard": dice - 0.1, "hd95": hd, "asd": hd / 3, "steps_per_second": 4.0,
-                         "wall_s": 1800.0, **extra})
+                         "wall_s": 1800.0, "empty_prediction": "worst", "checkpoint": "best_val", **extra})
     return pd.DataFrame(rows)
 
 
@@ -37,11 +37,11 @@ def test_columns_layout_fills_ours_with_mean_std_n_and_the_paper_value_or_delta(
     runs = fake_runs({"advmim": [(0.80, 3.0), (0.82, 3.0), (0.84, 3.0)]})
     grid = lbm.build_grid(lb, runs)
     both = md_row(lbm.to_markdown(grid, "both"), "AdvMIM")
-    assert both[1] == "**82.00 ± 2.00 (n=3) [paper 85.4, Δ -3.40]**"    # percent, 85.4 published; best shown
+    assert both[1] == "**82.00 ± 2.00 (n=3) [paper 85.4, Δ -3.40; W/V]**"    # percent, 85.4 published; best shown
     assert both[3] == "***89.0***"                                      # ACDC 10%: not run -> published, italic, best
     assert "Δ" not in md_row(lbm.to_markdown(grid, "reported"), "AdvMIM")[1]
     delta = md_row(lbm.to_markdown(grid, "delta"), "AdvMIM")[1]
-    assert delta == "**82.00 ± 2.00 (n=3) [Δ -3.40]**" and "paper" not in delta
+    assert delta == "**82.00 ± 2.00 (n=3) [Δ -3.40; W/V]**" and "paper" not in delta
     # a row we have not run keeps the published value only, in italics
     assert md_row(lbm.to_markdown(grid), "MT [21]")[1] == "*56.6*"
     # header: one column per (setting, metric), in the paper's order
@@ -62,7 +62,7 @@ def test_distance_cells_in_another_unit_are_flagged_and_delta_is_arithmetic():
 def test_fraction_tables_keep_fractions():
     grid = lbm.build_grid(lbm.load("semsim-table1"), fake_runs({"semsim": [(0.82, 2.0), (0.84, 2.0)]}))
     row = md_row(lbm.to_markdown(grid, "delta"), "SemSim")
-    assert row[3].startswith("0.8300 ± 0.0141 (n=2) [Δ -0.0580]")      # 5% labeled = 3 patients; 0.888 printed
+    assert row[3].startswith("0.8300 ± 0.0141 (n=2) [Δ -0.0580; W/V]")      # 5% labeled = 3 patients; 0.888 printed
     assert row[-1] == "2.6"                                              # Params (M) column as printed
 
 

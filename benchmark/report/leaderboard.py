@@ -12,13 +12,18 @@ values, in the paper's own shape:
 Each cell shows ours (mean +- std over seeds, n) and the published value beside it, or the delta, or both; a row
 we have not run shows the published value only, in italics. Best bold / second underlined per column (per metric
 row in sweeps), by the shown value (ours where we have it, else the published one), in the metric's direction.
+
+Like for like: each setting has the paper's `empty_prediction` and `checkpoint` rules (or `unknown`); each of
+our cells ends with the rules its numbers used (`Cell.rules_code`, RULES_LEGEND), and `build_grid(rescore=...)`
+(`bench table --rules paper`) re-scores our runs under a known empty-prediction rule from their per-case rows.
+A checkpoint rule we did not follow is flagged, never re-selected. Our own rules are the default view.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import pandas as pd
 
@@ -27,10 +32,15 @@ from benchmark.config import ConfigError, read_yaml
 from benchmark.report.stats import cost_fields
 
 LEADERBOARD_DIR = REPO_ROOT / "leaderboards"
+Rescorer = Callable[[pd.DataFrame, str], pd.DataFrame]   # (runs, empty-prediction policy) -> re-scored runs
 ORIENTATIONS = ("columns", "rows", "sweep")
 SHOW = ("reported", "delta", "both")
 OUR_METRICS = ("dice", "jaccard", "hd95", "asd")   # the keys our runs log (benchmark.metrics.METRICS)
 FRACTION_METRICS = {"dice", "jaccard"}              # ours are fractions in [0, 1]
+# machine-readable rules of a published setting (`rules:` of the table, overridden per setting): what the paper
+# or its released code fixes, `unknown` where neither does; `error` = the reference crashes on an empty class
+EMPTY_RULES = ("worst", "zero_all", "dice0_hd0", "error", "unknown")
+CHECKPOINT_RULES = ("best_val", "last", "best_test", "unknown")
 
 
 # ------------------------------------------------------------------------------------------ data model
@@ -52,6 +62,8 @@ class Setting:
     metrics: tuple[str, ...]
     rows: int | None = None
     note: str = ""
+    empty_prediction: str = "unknown"    # the paper's rule for an empty predicted class (EMPTY_RULES)
+    checkpoint: str = "unknown"          # the checkpoint the paper reports (CHECKPOINT_RULES)
 
 
 @dataclass(frozen=True)
@@ -126,6 +138,17 @@ def _need(d: dict, key: str, where: str) -> Any:
     return d[key]
 
 
+def _rules(data: dict[str, Any], where: str, default: dict[str, str]) -> dict[str, str]:
+    """`empty_prediction` and `checkpoint` of a table (`rules:`) or a setting (which overrides its table)."""
+    out = {}
+    for key, valid in (("empty_prediction", EMPTY_RULES), ("checkpoint", CHECKPOINT_RULES)):
+        value = str(data.get(key, default.get(key, "unknown")))
+        if value not in valid:
+            raise ConfigError(f"{where}.{key}: {value!r}; valid: {', '.join(valid)}")
+        out[key] = value
+    return out
+
+
 def parse(data: dict[str, Any], where: str) -> Leaderboard:
     """Validate a leaderboard mapping: every row's values match its settings' metric lists."""
     metrics = {k: Metric(k, str(_need(v, "label", f"{where}.metrics.{k}")), str(_need(v, "unit", f"{where}.metrics.{k}")),
@@ -135,14 +158,17 @@ def parse(data: dict[str, Any], where: str) -> Leaderboard:
         if k not in OUR_METRICS:
             raise ConfigError(f"{where}: metric {k!r} is not one of ours ({', '.join(OUR_METRICS)})")
     settings = []
+    table_rules = _rules(data.get("rules") or {}, f"{where}.rules", {})
     for i, s in enumerate(_need(data, "settings", where)):
         sw = f"{where}.settings[{i}]"
         ms = tuple(_need(s, "metrics", sw))
         unknown = [m for m in ms if m not in metrics]
         if unknown:
             raise ConfigError(f"{sw}: metric(s) {unknown} not declared under metrics")
+        rules = _rules(s, sw, table_rules)
         settings.append(Setting(str(_need(s, "id", sw)), str(_need(s, "dataset", sw)), str(_need(s, "name", sw)),
-                                str(_need(s, "unit", sw)), s.get("count"), ms, s.get("rows"), s.get("note", "")))
+                                str(_need(s, "unit", sw)), s.get("count"), ms, s.get("rows"), s.get("note", ""),
+                                rules["empty_prediction"], rules["checkpoint"]))
     ids = {s.id for s in settings}
     rows = []
     for i, r in enumerate(_need(data, "rows", where)):
@@ -189,8 +215,9 @@ def load(name: str | Path, directory: Path = LEADERBOARD_DIR) -> Leaderboard:
 
 # ------------------------------------------------------------------------------------------ our runs
 def runs_to_layout_frame(frame: pd.DataFrame, checkpoint: str) -> pd.DataFrame:
-    """Finished MLflow runs -> one row per run: method, dataset, labeled, seed, run_dir, cfg.<param>, metrics,
-    and the cost fields the runs have (steps_per_second, wall_s, params_m, device)."""
+    """Finished MLflow runs -> one row per run: method, dataset, labeled, seed, run_dir, the rules its metrics
+    follow (empty_prediction, checkpoint, rescored), cfg.<param>, metrics, and the cost fields the runs have
+    (steps_per_second, wall_s, params_m, device)."""
     cols = ["method", "dataset", "labeled", "seed", "run_dir", *OUR_METRICS]
     if frame.empty:
         return pd.DataFrame(columns=cols)
@@ -201,7 +228,9 @@ def runs_to_layout_frame(frame: pd.DataFrame, checkpoint: str) -> pd.DataFrame:
     out = pd.DataFrame({"method": tag("method"), "dataset": tag("dataset"),
                         "labeled": frame["tags.labeled_patients"].astype(int), "seed": frame["tags.seed"].astype(int),
                         "run_dir": tag("run_dir"), "device": tag("device"),
-                        "run_id": frame["run_id"].astype(str) if "run_id" in frame else ""})
+                        "run_id": frame["run_id"].astype(str) if "run_id" in frame else "",
+                        "empty_prediction": tag("empty_prediction", "worst"), "checkpoint": checkpoint,
+                        "rescored": False})
     prefix = f"metrics.test/{checkpoint}/"
     for m in OUR_METRICS:
         out[m] = frame[prefix + m].astype(float) if prefix + m in frame else math.nan
@@ -251,6 +280,21 @@ def units_differ(metric: Metric, our_hd_units: str) -> bool:
 
 
 # ------------------------------------------------------------------------------------------ the grid
+_EMPTY_CODE = {"worst": "W", "zero_all": "Z", "dice0_hd0": "Z", "error": "E"}
+_CHECKPOINT_CODE = {"best_val": "V", "last": "L", "best_test": "T"}
+RULES_LEGEND = ("Rules of our numbers, after each cell's delta as EMPTY/CHECKPOINT: W = a class missing from the "
+                "prediction scored worst (Dice 0, HD95/ASD = the image diagonal), Z = scored 0 on all metrics as the "
+                "SS-Net/BCP/CML test scripts do (SSL4MIS's Dice 0 / HD95 0 gives the same numbers), * = re-scored "
+                "to the paper's rule from our per-case rows (--rules paper); V / L / T = the best checkpoint on "
+                "validation / the last / the best on the test list; ! = the paper's rule is known and differs "
+                "(a checkpoint is flagged, never re-selected).")
+
+
+def same_empty_rule(a: str, b: str) -> bool:
+    """zero_all and dice0_hd0 give the same numbers (benchmark.metrics)."""
+    return a == b or {a, b} == {"zero_all", "dice0_hd0"}
+
+
 @dataclass
 class Cell:
     metric: Metric
@@ -265,6 +309,35 @@ class Cell:
     p_value: float | None = None
     unit_mismatch: bool = False
     run_dirs: tuple[str, ...] = ()       # the runs behind `mean` (for the per-case test)
+    empty_rule: str = ""                 # the empty-prediction rule(s) of our runs ('+'-joined when mixed)
+    rescored: bool = False               # our values were re-scored to the paper's rule (bench table --rules paper)
+    checkpoint_rule: str = ""            # the checkpoint our values come from
+    paper_empty: str = "unknown"         # the setting's rules (Setting.empty_prediction / .checkpoint)
+    paper_checkpoint: str = "unknown"
+
+    @property
+    def empty_differs(self) -> bool:
+        """The paper's empty-prediction rule is known and our values follow another one."""
+        return self.paper_empty not in ("unknown", "error") and bool(self.empty_rule) and not all(
+            same_empty_rule(r, self.paper_empty) for r in self.empty_rule.split("+"))
+
+    @property
+    def checkpoint_differs(self) -> bool:
+        """The paper's checkpoint rule is known and ours is another one (flagged, never re-selected)."""
+        return self.paper_checkpoint != "unknown" and bool(self.checkpoint_rule) and \
+            self.checkpoint_rule != self.paper_checkpoint
+
+    @property
+    def rules_code(self) -> str:
+        """E.g. 'W/V!': worst-scored empties, best-on-val checkpoint where the paper took another (legend in
+        RULES_LEGEND); '' without runs."""
+        if not self.n:
+            return ""
+        empty = "".join(dict.fromkeys(_EMPTY_CODE.get(r, "?") for r in self.empty_rule.split("+")))
+        empty += "*" if self.rescored else ""
+        empty += "!" if self.empty_differs else ""
+        ckpt = _CHECKPOINT_CODE.get(self.checkpoint_rule, "?") + ("!" if self.checkpoint_differs else "")
+        return f"{empty}/{ckpt}"
 
     @property
     def shown(self) -> float | None:
@@ -300,15 +373,28 @@ class Grid:
     stub: str = "Method"
 
 
-def _fill(cell: Cell, runs: pd.DataFrame, our_hd_units: str) -> None:
+def _fill(cell: Cell, runs: pd.DataFrame, our_hd_units: str, setting: Setting) -> None:
+    cell.paper_empty, cell.paper_checkpoint = setting.empty_prediction, setting.checkpoint
     vals = runs[cell.metric.key].dropna() if cell.metric.key in runs else pd.Series(dtype=float)
     if len(vals):
         conv = vals.map(lambda v: to_paper_unit(v, cell.metric.key, cell.metric.unit))
         cell.mean, cell.n = float(conv.mean()), int(len(conv))
         cell.std = float(conv.std(ddof=1)) if len(conv) > 1 else None
         cell.unit_mismatch = units_differ(cell.metric, our_hd_units)
-        if "run_dir" in runs:
-            cell.run_dirs = tuple(runs.loc[vals.index, "run_dir"].astype(str))
+        used = runs.loc[vals.index]
+        if "run_dir" in used:
+            cell.run_dirs = tuple(used["run_dir"].astype(str))
+        cell.empty_rule = "+".join(dict.fromkeys(used.get("empty_prediction", pd.Series("worst", used.index))))
+        cell.checkpoint_rule = "+".join(dict.fromkeys(used.get("checkpoint", pd.Series("", used.index))))
+        cell.rescored = bool(used.get("rescored", pd.Series(False, used.index)).astype(bool).all())
+
+
+def _paper_rules(runs: pd.DataFrame, setting: Setting, rescore: Rescorer | None) -> pd.DataFrame:
+    """With `rescore` (--rules paper): the runs re-scored under the setting's empty-prediction rule, where the
+    paper fixes one we can apply; else the runs as they are."""
+    if rescore is None or runs.empty or setting.empty_prediction in ("unknown", "error"):
+        return runs
+    return rescore(runs, setting.empty_prediction)
 
 
 def _rank(cells: list[Cell]) -> None:
@@ -324,8 +410,12 @@ def _rank(cells: list[Cell]) -> None:
 def build_grid(lb: Leaderboard, runs: pd.DataFrame | None = None, our_hd_units: str = "voxel",
                stand_in: str | None = None, cases: pd.DataFrame | None = None, baseline: str | None = None,
                alpha: float = 0.05, cost: bool = False, ours_note: str = "",
-               implemented: set[str] | None = None) -> Grid:
+               implemented: set[str] | None = None, rescore: Rescorer | None = None) -> Grid:
     """The table of `lb` in the paper's shape, cells filled with our runs where they exist.
+
+    `rescore(runs, policy)` (`stats.rescore_runs`; `bench table --rules paper`): each setting's runs are
+    re-scored under its empty-prediction rule where the paper fixes one. Without it our own rules stand (the
+    default view); either way each cell says which rules its numbers used (Cell.rules_code).
 
     `implemented`: registered method names (default: the registry), for the "not implemented" footnote.
 
@@ -341,13 +431,13 @@ def build_grid(lb: Leaderboard, runs: pd.DataFrame | None = None, our_hd_units: 
         for r in lb.rows:
             cells, matched = [], []
             for s in settings:
-                sel = select_runs(runs, r, s, stand_in)
+                sel = _paper_rules(select_runs(runs, r, s, stand_in), s, rescore)
                 matched.append(sel)
                 for i, m in enumerate(s.metrics):
                     metric = lb.metrics[m]
                     vals = r.values.get(s.id)
                     cell = Cell(metric, lb.decimals(m), None if vals is None else vals[i], vals is not None)
-                    _fill(cell, sel, our_hd_units)
+                    _fill(cell, sel, our_hd_units, s)
                     cells.append(cell)
             extra = [_fmt_plain(r.extra.get(k)) for k in lb.extra_columns]
             label = f"{r.name} (default)" if r.default else r.name
@@ -361,7 +451,7 @@ def build_grid(lb: Leaderboard, runs: pd.DataFrame | None = None, our_hd_units: 
         for s in settings:
             block = []
             for r in lb.rows:
-                sel = select_runs(runs, r, s, stand_in)
+                sel = _paper_rules(select_runs(runs, r, s, stand_in), s, rescore)
                 if s.id not in r.values and sel.empty:
                     continue
                 cells = []
@@ -371,7 +461,7 @@ def build_grid(lb: Leaderboard, runs: pd.DataFrame | None = None, our_hd_units: 
                     cell = Cell(lb.metrics[m], lb.decimals(m), None if vals is None or i is None else vals[i],
                                 vals is not None and i is not None)
                     if i is not None:
-                        _fill(cell, sel, our_hd_units)
+                        _fill(cell, sel, our_hd_units, s)
                     cells.append(cell)
                 block.append(GridRow(r.name, r, cells, section=s.name, runs=sel))
             for j in range(len(columns)):
@@ -394,7 +484,7 @@ def build_grid(lb: Leaderboard, runs: pd.DataFrame | None = None, our_hd_units: 
 
         implemented = set(catalog.methods().names())
     caption, notes = describe(lb, our_hd_units, runs, stand_in, ours_note,
-                              any(c.n for gr in out_rows for c in gr.cells), implemented)
+                              any(c.n for gr in out_rows for c in gr.cells), implemented, rescore is not None)
     if cases is not None:
         notes.append(f"* / †: our mean differs from the reference row (the best other row we ran in that column"
                      f"{'' if baseline is None else ', or ' + baseline}) by a two-sided Wilcoxon signed-rank test "
@@ -418,8 +508,8 @@ def _transpose(grid: Grid) -> Grid:
 
 
 def describe(lb: Leaderboard, our_hd_units: str, runs: pd.DataFrame, stand_in: str | None, ours_note: str,
-             any_ours: bool, implemented: set[str]) -> tuple[str, list[str]]:
-    """Caption (the paper's, plus what ours are) and footnotes (the paper's protocol, units, markers)."""
+             any_ours: bool, implemented: set[str], paper_rules: bool = False) -> tuple[str, list[str]]:
+    """Caption (the paper's, plus what ours are) and footnotes (the paper's protocol and rules, units, markers)."""
     cap = f"{lb.paper} Table {lb.table}: {lb.caption or lb.title}"
     if any_ours:
         cap += f" Ours: mean ± std over seeds (n = number of seeds){', ' + ours_note if ours_note else ''}."
@@ -431,6 +521,18 @@ def describe(lb: Leaderboard, our_hd_units: str, runs: pd.DataFrame, stand_in: s
     proto = "; ".join(f"{k.replace('_', ' ')}: {v}" for k, v in lb.protocol.items())
     if proto:
         notes.append(f"Paper protocol — {proto}.")
+    by_rule: dict[str, list[str]] = {}
+    for s in lb.settings:
+        by_rule.setdefault(f"{s.empty_prediction} / {s.checkpoint}", []).append(s.name)
+    notes.append("Paper rules (empty prediction / checkpoint): " + ("; ".join(
+        f"{', '.join(names)}: {rule}" for rule, names in by_rule.items()) if len(by_rule) > 1 else
+        f"{next(iter(by_rule))} in every setting") + ".")
+    if any_ours:
+        notes.append(RULES_LEGEND)
+        notes.append("Our numbers re-scored under each setting's known empty-prediction rule (--rules paper); the "
+                     "per-case tests use the rows as scored in training." if paper_rules else
+                     "Our numbers under our own rules (the default); `bench table --rules paper` re-scores them "
+                     "under each setting's known empty-prediction rule.")
     notes.append(f"Our HD95/ASD are in {our_hd_units}s; ‡ marks a distance cell whose printed unit differs from ours, "
                  f"so its delta is not like for like.")
     notes.append("Italic: published value only (method not run here or not implemented); "
@@ -477,7 +579,7 @@ def cell_parts(c: Cell, show: str) -> tuple[str, str]:
         ref = f"Δ {c.delta:+.{d + 1}f}"
     else:
         ref = f"paper {pub}, Δ {c.delta:+.{d + 1}f}"
-    return ours, ref
+    return ours, f"{ref}; {c.rules_code}" if ref else c.rules_code
 
 
 def check_show(show: str) -> None:
@@ -600,7 +702,10 @@ def to_csv(grid: Grid) -> str:
                         "method": gr.row.method or "", "metric": c.metric.key, "unit": c.metric.unit,
                         "published": c.published, "ours_mean": c.mean, "ours_std": c.std, "n": c.n,
                         "delta": c.delta, "rank": c.rank, "marker": c.marker, "p_value": c.p_value,
-                        "unit_mismatch": c.unit_mismatch})
+                        "unit_mismatch": c.unit_mismatch, "empty_rule": c.empty_rule, "rescored": c.rescored,
+                        "checkpoint_rule": c.checkpoint_rule, "paper_empty_prediction": c.paper_empty,
+                        "paper_checkpoint": c.paper_checkpoint, "empty_differs": c.empty_differs,
+                        "checkpoint_differs": c.checkpoint_differs})
     return pd.DataFrame(out).to_csv(index=False)
 
 
