@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from benchmark.checkpoints import numpy_rng_state, safe_load, set_numpy_rng_state
 from benchmark.config import EvaluationProtocol, TrainConfig
 from benchmark.data.dataset import InMemoryDataset
 from benchmark.data.loader import StepBatches, step_loader
@@ -180,7 +181,7 @@ class Trainer:
         # the previous stage's best on val; without val, its best on test where the protocol selects so; else continue
         chosen = next((k for k in ("best_val", "best_test") if k in self.selections), None)
         if stage.init == "best_val" and chosen is not None:
-            weights = torch.load(self.weights_path(chosen, index - 1), map_location=self.device, weights_only=False)
+            weights = safe_load(self.weights_path(chosen, index - 1), self.device)
             self.method.load_state_dict(weights, weights_only=True)
         self.method.start_stage(stage, index)
         for key, opt in self.method.optimizers().items():  # optimisers a stage (re)creates start at their own lr
@@ -200,7 +201,7 @@ class Trainer:
     def save_checkpoint(self) -> None:
         state = {"step": self.step, "stage": self.stage_index, "method": self.method.state_dict(), "best": self.best,
                  "val_history": self.val_history,
-                 "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+                 "rng": {"torch": torch.get_rng_state(), "numpy": numpy_rng_state(), "python": random.getstate(),
                          "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}}
         _save_atomic(state, self.last_path)
 
@@ -209,14 +210,14 @@ class Trainer:
         if not self.last_path.exists():
             self._enter_stage(0)
             return False
-        state = torch.load(self.last_path, map_location=self.device, weights_only=False)
+        state = safe_load(self.last_path, self.device)
         self._enter_stage(self.stage_of(state["step"] + 1))
         self.method.load_state_dict(state["method"])
         self.step, self.best = state["step"], dict(state["best"])
         self.val_history = list(state["val_history"])
         rng = state["rng"]
         torch.set_rng_state(rng["torch"].cpu())
-        np.random.set_state(rng["numpy"])
+        set_numpy_rng_state(rng["numpy"])
         random.setstate(rng["python"])
         if rng["cuda"] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])
@@ -325,7 +326,7 @@ class Trainer:
             if ckpt == "last":
                 self.method.load_state_dict(last_state, weights_only=True)
             else:
-                weights = torch.load(self.weights_path(ckpt), map_location=self.device, weights_only=False)
+                weights = safe_load(self.weights_path(ckpt), self.device)
                 self.method.load_state_dict(weights, weights_only=True)
             self.method.train(False)
             cases[ckpt] = evaluate_cases(self._predict, self.test_cases, self.protocol, self.class_names,

@@ -13,6 +13,7 @@ from benchmark.train import Trainer
 from methods.base import METHODS, Labeled, Stage
 from methods.bcp import BCP, BCPConfig, Mix, bidirectional_mix, mix_loss, pseudo_labels
 from method_helpers import SMOKE, MetricRecorder, method_ctx, tiny_batch
+from benchmark.checkpoints import safe_load
 
 
 # --------------------------------------------------------------------------------------------- mixing
@@ -192,7 +193,7 @@ def test_two_stage_trainer_smoke_and_teacher_hand_over(synthetic, tmp_path):
     assert sorted(rec.train) == [1, 2, 3, 4, 5]  # 2 pre-training + 3 self-training steps
     assert all(math.isfinite(v) for m in rec.train.values() for k, v in m.items() if k.startswith("train/"))
     assert [m["train/stage"] for _, m in sorted(rec.train.items())] == [0, 0, 1, 1, 1]
-    best = torch.load(tmp_path / "pretrain-best_val.pt", weights_only=False)["modules"]["model"]
+    best = safe_load(tmp_path / "pretrain-best_val.pt")["modules"]["model"]
     for key, value in best.items():
         assert torch.equal(starts["selftrain"][key], value), key
     assert "dice" in result.summary["last"]

@@ -19,6 +19,7 @@ from methods.base import METHODS, Labeled
 from benchmark.masks import largest_component_per_sample
 from methods.cml import CML, CMLConfig, feature_discrepancy, heterogeneous_targets
 from method_helpers import SMOKE, MetricRecorder, method_ctx, tiny_batch
+from benchmark.checkpoints import safe_load
 
 
 def n_params(module) -> int:
@@ -243,7 +244,7 @@ def test_hand_over_starts_self_training_from_the_best_pre_training_weights(synth
     train = replace(SMOKE, iterations=2, eval_every=1)   # pre-training 2 steps (fraction 1), selection each step
     t, _ = run(synthetic, tmp_path, RecordingCML, CMLConfig(pretrain_fraction=1.0), train)
     (_, pre_start, _), (name, self_start, n_state) = t.method.started
-    best = torch.load(tmp_path / "pretrain-best_val.pt", weights_only=False)["modules"]["net"]
+    best = safe_load(tmp_path / "pretrain-best_val.pt")["modules"]["net"]
     assert name == "selftrain"
     assert all(torch.equal(self_start[k], best[k]) for k in best)
     assert any(not torch.equal(self_start[k], pre_start[k]) for k in best if k.endswith("weight"))  # it trained

@@ -251,12 +251,12 @@ def test_kill_9_of_the_driver_then_rerun_resumes(tiny_card, tmp_path):
 
 
 def _saved_step(last_pt: Path) -> int:
-    import torch
+    from benchmark.checkpoints import safe_load
 
     for _ in range(20):
         try:
-            return int(torch.load(last_pt, map_location="cpu", weights_only=False)["step"])
-        except (EOFError, RuntimeError):       # being replaced right now
+            return int(safe_load(last_pt, map_location="cpu")["step"])
+        except (EOFError, RuntimeError, ValueError):       # being replaced right now
             time.sleep(0.1)
     raise AssertionError(f"could not read {last_pt}")
 

@@ -9,6 +9,7 @@ from benchmark.config import TrainConfig
 from benchmark.losses import dice_ce_loss
 from benchmark.train import Trainer
 from methods.base import Labeled, Method, MethodContext, Stage
+from benchmark.checkpoints import safe_load
 
 CFG = TrainConfig(iterations=4, batch_size=4, labeled_batch_size=2, patch_size=32, eval_every=100,
                   checkpoint_every=100, log_every=1, num_workers=0, lr=0.05)
@@ -74,7 +75,7 @@ def test_next_stage_starts_from_the_previous_stages_best_val_weights(synthetic, 
     cfg = replace(CFG, eval_every=1)  # selection after every step: the best is usually not the last
     t = trainer(synthetic, tmp_path, cfg)
     t.fit()
-    best = torch.load(tmp_path / "pretrain-best_val.pt", weights_only=False)["modules"]["model"]
+    best = safe_load(tmp_path / "pretrain-best_val.pt")["modules"]["model"]
     start_weight = dict(t.method.started)[1]
     assert torch.equal(start_weight, next(iter(best.values())))
 
@@ -100,7 +101,7 @@ def test_resume_at_a_stage_boundary_matches_an_uninterrupted_run(synthetic, tmp_
     cut = Stop(after=3)  # stage 1 ends at step 3: last.pt holds the hand-over; dies while logging step 4
     with pytest.raises(KeyboardInterrupt):
         trainer(synthetic, tmp_path / "cut", logger=cut).fit()
-    assert torch.load(tmp_path / "cut" / "last.pt", weights_only=False)["stage"] == 1
+    assert safe_load(tmp_path / "cut" / "last.pt")["stage"] == 1
     again = Stop()
     resumed = trainer(synthetic, tmp_path / "cut", logger=again)
     resumed.fit()
@@ -145,5 +146,5 @@ def test_without_val_the_next_stage_starts_from_the_best_on_test_where_the_proto
         saved = (tmp_path / rule / "pretrain-best_test.pt")
         assert saved.exists() == (rule == "best_test")
         if rule == "best_test":
-            best = torch.load(saved, weights_only=False)["modules"]["model"]
+            best = safe_load(saved)["modules"]["model"]
             assert torch.equal(handed, next(iter(best.values())))

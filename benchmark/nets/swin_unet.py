@@ -53,6 +53,7 @@ from torch import nn
 from timm.layers import PatchEmbed, trunc_normal_
 from timm.models.swin_transformer import SwinTransformerBlock, SwinTransformerStage
 
+from benchmark.checkpoints import safe_load
 from benchmark.masks import upsample_block_mask
 from benchmark.weights import resolve
 
@@ -198,7 +199,7 @@ def load_pretrained(net: SwinUNet, path: str | Path) -> dict[str, list[str]]:
     Returns {"loaded": net keys set from the file, "unused": checkpoint keys that set nothing, "kept_init": net
     keys left at their initialisation}. Raises ValueError for a file that is no Swin checkpoint."""
     path = Path(path).expanduser()
-    source = _timm_keys(torch.load(path, map_location="cpu", weights_only=False))
+    source = _timm_keys(safe_load(path))
     own = net.state_dict()
     n_up = len(net.layers_up)
     update: dict[str, torch.Tensor] = {}

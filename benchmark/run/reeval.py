@@ -6,10 +6,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
 
 from benchmark import catalog
+from benchmark.checkpoints import safe_load
 from benchmark.config import ConfigError, EvaluationProtocol, TrainConfig, build_dataclass, parse_card
 from benchmark.data.dataset import load_dataset
 from benchmark.evaluate import evaluate_cases, make_inferer, summarize
@@ -63,7 +63,7 @@ def evaluate_saved(saved: SavedModel, protocol_overrides: dict[str, Any], datase
     dev = pick_device(device)
     method = build_method(method_cls, method_cls.make_config(method_cfg_values, "config.yaml: method"), train,
                           card.in_channels, card.num_classes).to(dev)
-    state = torch.load(saved.weights, map_location=dev, weights_only=False)
+    state = safe_load(saved.weights, dev)
     method.load_state_dict(state if "modules" in state else state["method"], weights_only=True)
     method.train(False)
     data = load_dataset(card, data_root)
