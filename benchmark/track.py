@@ -5,11 +5,22 @@ run is never trained again; an unfinished run with that hash is reused when the 
 also tagged with how it was trained (`training_tags`): `precision` (bf16 | fp32, resolved on its device; every
 reference trains in fp32) and, when it trains a Swin-UNet, `pretrained` (imagenet | none | file name) and
 `pretrained_sha256` of the file it started from.
+
+Two rules keep the store honest after a crash:
+- **Stale runs.** Opening the store (`Tracker(...)`: `bench run`, `bench table`, `bench tune`) marks each
+  RUNNING run FAILED ("process died ...", host, pid, last logged step) when its run dir's lock is free and,
+  for a run of this host, its process is gone (`fail_stale`). A run dir this machine cannot see is left as it
+  is. The next `bench run` of that trial reuses the FAILED run and resumes from its last checkpoint.
+- **Honest time.** Each attempt at a run (the first, and every resume) logs its seconds so far as the metric
+  `attempt_seconds` at step = attempt number (0, 1, ...), at most every `ATTEMPT_LOG_S` seconds and at its end;
+  a FINISHED run logs their sum as `run_seconds`, which `bench table` reports as hours (an attempt killed by
+  SIGKILL counts up to its last log).
 """
 from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -78,6 +89,7 @@ class Tracker:
         else:
             exp_id = exp.experiment_id
         self.experiment, self.experiment_id = experiment, exp_id
+        self.stale = self.fail_stale()
 
     def runs(self, config_hash: str | None = None, status: str | None = None) -> list:
         filters = []
@@ -96,7 +108,7 @@ class Tracker:
         """Reuse the newest unfinished run of this hash (a resume), else create one. A run that `--force`
         superseded is history, never resumed: a forced retrain gets a run of its own. `training_tags` of the
         resolved config `params` on `tags["device"]` are added (the caller's tags win)."""
-        tags = {**training_tags(params, tags.get("device", "")), **tags}
+        tags = {**training_tags(params, tags.get("device", "")), **tags, "config_hash": config_hash}
         previous = [r for r in self.runs(config_hash)
                     if r.info.status != "FINISHED" and r.data.tags.get("superseded") != "true"]
         if previous:
@@ -112,7 +124,28 @@ class Tracker:
                 self.client.log_batch(run_id, params=items[i:i + 100])
         for k, v in tags.items():
             self.client.set_tag(run_id, k, v)
-        return TrackedRun(self.client, run_id)
+        attempts = {m.step for m in self.client.get_metric_history(run_id, "attempt_seconds")} if previous else set()
+        return TrackedRun(self.client, run_id, attempt=max(attempts, default=-1) + 1)
+
+    def fail_stale(self) -> list[str]:
+        """Mark FAILED every RUNNING run of the experiment with no process behind it: its run dir's lock is
+        free and, when the run's worker is this host, its pid is gone. Returns their run ids."""
+        from benchmark.run.locks import lock_is_free, pid_alive
+
+        stale = []
+        for r in self.runs(status="RUNNING"):
+            tags = r.data.tags
+            host, _, pid = tags.get("worker", "").rpartition(":")
+            if not tags.get("run_dir") or not lock_is_free(Path(tags["run_dir"])):
+                continue
+            if host == socket.gethostname() and pid.isdigit() and pid_alive(int(pid)):
+                continue
+            steps = [m.step for m in self.client.get_metric_history(r.info.run_id, "train/loss")]
+            TrackedRun(self.client, r.info.run_id).fail(
+                f"process died (pid {pid or '?'} on {host or '?'}) after step {max(steps, default=0)}; "
+                f"run the same command again to resume from its last checkpoint")
+            stale.append(r.info.run_id)
+        return stale
 
     def fail_unfinished(self, config_hash: str, reason: str) -> int:
         """Mark this hash's RUNNING runs FAILED with `reason` (their process died); returns how many."""
@@ -158,11 +191,30 @@ class Tracker:
         return run.info.run_id
 
 
-class TrackedRun:
-    """One MLflow run: metrics in batches, artifacts, terminal status."""
+ATTEMPT_LOG_S = 30.0   # the most seconds between two `attempt_seconds` logs of a training run
 
-    def __init__(self, client, run_id: str) -> None:
-        self.client, self.run_id = client, run_id
+
+class TrackedRun:
+    """One MLflow run: metrics in batches, artifacts, terminal status, and the seconds of this attempt
+    (`attempt`: 0 for a new run, n for its n-th resume)."""
+
+    def __init__(self, client, run_id: str, attempt: int = 0) -> None:
+        self.client, self.run_id, self.attempt = client, run_id, attempt
+        self._last_time_log = float("-inf")
+
+    def log_attempt_seconds(self, seconds: float, force: bool = False) -> None:
+        """This attempt's seconds so far, as `attempt_seconds` at step `attempt` (throttled unless `force`)."""
+        now = time.monotonic()
+        if force or now - self._last_time_log >= ATTEMPT_LOG_S:
+            self._last_time_log = now
+            self.log_metrics({"attempt_seconds": seconds}, self.attempt)
+
+    def run_seconds(self) -> float:
+        """The seconds of every attempt (the largest value logged at each attempt step), summed."""
+        most: dict[int, float] = {}
+        for m in self.client.get_metric_history(self.run_id, "attempt_seconds"):
+            most[m.step] = max(m.value, most.get(m.step, 0.0))
+        return float(sum(most.values()))
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         from mlflow.entities import Metric
@@ -177,7 +229,11 @@ class TrackedRun:
     def log_artifact(self, path: Path) -> None:
         self.client.log_artifact(self.run_id, str(path))
 
-    def finish(self) -> None:
+    def finish(self, seconds: float | None = None) -> None:
+        """Mark FINISHED; with `seconds` (this attempt's), log it and `run_seconds`, the sum of all attempts."""
+        if seconds is not None:
+            self.log_attempt_seconds(seconds, force=True)
+            self.log_metrics({"run_seconds": self.run_seconds()}, self.attempt)
         self.client.set_terminated(self.run_id, "FINISHED")
 
     def fail(self, reason: str) -> None:

@@ -330,7 +330,7 @@ def _trainable(config: dict[str, Any], setup: StudySetup) -> None:
             if "tune.pruned" in self.client.get_run(run.run_id).data.tags:   # a pruned config sampled again
                 self.client.delete_tag(run.run_id, "tune.pruned")
             state["run_id"] = run.run_id
-            return ReportingRun(self.client, run.run_id)
+            return ReportingRun(self.client, run.run_id, run.attempt)
 
     tracker = StudyTracker(setup.experiment, setup.tracking_uri)
     try:

@@ -113,8 +113,8 @@ COST_FIELDS = (("steps/s", "steps_per_second", lambda s: f"{s.mean():.3g}"),
 
 def cost_fields(frame: pd.DataFrame) -> pd.DataFrame:
     """The cost of each finished MLflow run (rows as in `frame`): steps_per_second, params_m (every net the
-    method trains), wall_s (run start to end: training, validation and test) and device; absent fields are
-    left out."""
+    method trains), wall_s (the run's `run_seconds`: training, validation and test of each attempt, summed; runs
+    of older harnesses: start to end) and device; absent fields are left out."""
     out = pd.DataFrame(index=frame.index)
     if "metrics.steps_per_second" in frame:
         out["steps_per_second"] = frame["metrics.steps_per_second"].astype(float)
@@ -124,6 +124,9 @@ def cost_fields(frame: pd.DataFrame) -> pd.DataFrame:
             break
     if "start_time" in frame and "end_time" in frame:
         out["wall_s"] = (pd.to_datetime(frame["end_time"]) - pd.to_datetime(frame["start_time"])).dt.total_seconds()
+    if "metrics.run_seconds" in frame:   # the attempts' seconds summed (a resumed run's downtime left out)
+        measured = frame["metrics.run_seconds"].astype(float)
+        out["wall_s"] = measured.where(measured.notna(), out["wall_s"]) if "wall_s" in out else measured
     if "tags.device" in frame:
         out["device"] = frame["tags.device"].fillna("").astype(str)
     return out

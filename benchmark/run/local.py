@@ -10,16 +10,17 @@ from __future__ import annotations
 import json
 import os
 import socket
+import time
 import traceback
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import yaml
 
 from benchmark import catalog
 from benchmark.data.dataset import load_dataset
+from benchmark.run.locks import TrialBusy, trial_lock
 from benchmark.run.trials import Trial
 from benchmark.train import Trainer, pick_device
 
@@ -34,39 +35,6 @@ class Outcome:
 
 def run_dir_of(trial: Trial, work_dir: Path) -> Path:
     return Path(work_dir) / trial.suite / f"{trial.name}-{trial.config_hash}"
-
-
-class TrialBusy(Exception):
-    """Another process is training this trial (it holds the run dir's lock)."""
-
-
-@contextmanager
-def trial_lock(run_dir: Path) -> Iterator[None]:
-    """Hold `run_dir/.lock` exclusively while training; raise TrialBusy if another process holds it.
-
-    An OS file lock (flock), so it is released when its process dies, even by SIGKILL: a killed run never
-    leaves a stale lock. Where flock does not exist (Windows), no lock is taken.
-    """
-    try:
-        import fcntl
-    except ImportError:      # pragma: no cover - not POSIX
-        yield
-        return
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with open(run_dir / ".lock", "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            raise TrialBusy(f"being trained by another process ({handle.read().strip() or 'unknown'}); "
-                            f"its results will appear when it finishes") from None
-        handle.truncate(0)
-        handle.write(f"pid {os.getpid()} on {socket.gethostname()}")
-        handle.flush()
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def describe_device(device) -> str:
@@ -92,15 +60,18 @@ def tags_of(trial: Trial, device: str) -> dict[str, str]:
 
 
 class _Tee:
-    """The run's logger plus an observer (an executor's progress display) behind one `log_metrics`."""
+    """The run's logger, the attempt's clock and an observer (an executor's progress display) behind one
+    `log_metrics`: each log window also logs this attempt's seconds so far (throttled by the run)."""
 
-    def __init__(self, run, observer: Callable[[dict[str, float], int], None]) -> None:
-        self.run, self.observer = run, observer
+    def __init__(self, run, observer: Callable[[dict[str, float], int], None] | None, started: float) -> None:
+        self.run, self.observer, self.started = run, observer, started
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         if self.run is not None:
             self.run.log_metrics(metrics, step)
-        self.observer(metrics, step)
+            self.run.log_attempt_seconds(time.perf_counter() - self.started)
+        if self.observer is not None:
+            self.observer(metrics, step)
 
 
 def run_trial(trial: Trial, work_dir: Path, tracker=None, data_root: str | Path | None = None,
@@ -141,7 +112,7 @@ def _train_and_test(trial: Trial, run_dir: Path, tracker, data_root: str | Path 
                     extra_tags: dict[str, str] | None) -> Outcome:
     result_file = run_dir / "result.json"
     dev = pick_device(device)
-    run = None
+    run, started = None, time.perf_counter()
     try:
         if tracker is not None:
             from benchmark.track import harness_tags
@@ -156,7 +127,7 @@ def _train_and_test(trial: Trial, run_dir: Path, tracker, data_root: str | Path 
         method_cfg = method_cls.make_config(trial.method_config, trial.name)
         trainer = Trainer(data, method_cls, method_cfg, trial.train, trial.labeled_rows, trial.seed, run_dir,
                           trial.protocol, trial.card.classes, trial.card.in_channels,
-                          logger=run if observer is None else _Tee(run, observer), device=str(dev),
+                          logger=_Tee(run, observer, started) if run or observer else None, device=str(dev),
                           progress=progress, description=trial.name, eval_workers=eval_workers,
                           test_cases=trial.test_cases)
         result = trainer.fit()
@@ -170,11 +141,12 @@ def _train_and_test(trial: Trial, run_dir: Path, tracker, data_root: str | Path 
             run.log_metrics(flat, trial.train.iterations)
             for f in ("config.yaml", *(f"cases_{c}.csv" for c in result.summary)):
                 run.log_artifact(run_dir / f)
-            run.finish()
+            run.finish(seconds=time.perf_counter() - started)
         result_file.write_text(json.dumps(flat, indent=1))
         return Outcome(trial, "FINISHED", summary=flat)
     except (KeyboardInterrupt, SystemExit):
         if run is not None:
+            run.log_attempt_seconds(time.perf_counter() - started, force=True)
             run.fail("interrupted by the user")
         raise
     except Exception as exc:  # noqa: BLE001 - a failed trial must not stop the others
@@ -182,6 +154,7 @@ def _train_and_test(trial: Trial, run_dir: Path, tracker, data_root: str | Path 
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "FAILED.txt").write_text(reason + "\n\n" + traceback.format_exc())
         if run is not None:
+            run.log_attempt_seconds(time.perf_counter() - started, force=True)
             run.fail(reason)
         return Outcome(trial, "FAILED", reason)
 

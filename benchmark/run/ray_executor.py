@@ -154,8 +154,11 @@ class _RunClient:
         path = Path(path)
         ray.get(self.writer.log_artifact.remote(self.run_id, path.name, path.read_bytes()))
 
-    def finish(self) -> None:
-        self._call("finish")
+    def log_attempt_seconds(self, seconds: float, force: bool = False) -> None:
+        self._call("log_attempt_seconds", float(seconds), force)
+
+    def finish(self, seconds: float | None = None) -> None:
+        self._call("finish", seconds)
 
     def fail(self, reason: str) -> None:
         self._call("fail", reason)
