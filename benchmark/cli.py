@@ -99,7 +99,7 @@ def run(
     from benchmark import catalog
     from benchmark.run.local import run_local
     from benchmark.run.ray_executor import RaySettings, ray_available, run_ray
-    from benchmark.run.trials import expand
+    from benchmark.run.trials import check_data, expand
 
     executor = executor or ("ray" if ray_available() else "local")
     if executor not in ("local", "ray"):
@@ -113,6 +113,8 @@ def run(
         trials = expand(spec, methods=_csv(methods), seeds=_csv(seeds, int), iterations=iterations,
                         data_root=data_root, test_cases=test_cases)
         _note_unused_pretrained(pretrained, trials)
+        with console.status(f"reading the {trials[0].card.name} data (every file is checked before training)"):
+            check_data(trials, data_root, keep=executor == "local")   # Ray trials read it in their own processes
         tracker = None
         if not no_track:
             from benchmark.track import Tracker

@@ -131,7 +131,32 @@ def _open_splits(card: DatasetCard, root: Path) -> SplitFiles:
         if split in card.pinned_lists:
             _check_pinned(card, split, names[split])
         reader.check_files(names[split], "train" if split == "train" else "eval", str(spec))
+    _check_lists(card, names)
     return SplitFiles(card, root, names["train"], names["val"], names["test"])
+
+
+def _check_lists(card: DatasetCard, names: dict[str, list[str]]) -> None:
+    """No name twice in one list; no patient (unit patient: `patient_pattern`; else the name) in two splits."""
+    for split, items in names.items():
+        seen: set[str] = set()
+        twice = next((n for n in items if n in seen or seen.add(n)), None)
+        if twice is not None:
+            raise ConfigError(f"{card.path}: the {split} list ({card.splits[split]}) names {twice!r} more than once; "
+                              f"each case is listed once (remove the duplicate row)")
+    rule = card.labeled
+    pattern = re.compile(rule.patient_pattern) if rule.unit == "patient" else None
+
+    def owner(name: str) -> str:
+        m = pattern.match(name) if pattern else None
+        return m.group(1) if m else name
+
+    unit = "patient" if pattern else "case"
+    for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
+        shared = sorted({owner(n) for n in names[a]} & {owner(n) for n in names[b]})
+        if shared:
+            raise ConfigError(f"{card.path}: the {a} ({card.splits[a]}) and {b} ({card.splits[b]}) lists share "
+                              f"{len(shared)} {unit}(s), e.g. {shared[0]!r}; a {unit} belongs to one split only, "
+                              f"or the {b} scores leak")
 
 
 @dataclass
@@ -175,6 +200,15 @@ def _preload(card: DatasetCard, root: Path) -> InMemoryDataset:
     return InMemoryDataset(splits, images, labels, cases["val"], cases["test"])
 
 
+def check_labeled_rows(data: InMemoryDataset, rows: int, where: str) -> None:
+    """ConfigError when the first `rows` training labels (a setting's labeled rows) are all background."""
+    if not any(label.any() for label in data.train_labels[:rows]):
+        names = data.splits.train[:rows]
+        raise ConfigError(f"{where}: the {rows} labeled row(s) ({names[0]} .. {names[-1]} of "
+                          f"{data.splits.card.splits['train']}) hold no foreground pixel: nothing to learn from; "
+                          f"check the label files or pick another labeled setting")
+
+
 def load_dataset(card: DatasetCard, root_override: str | Path | None = None) -> InMemoryDataset:
     """Preload a card's splits into memory (cached per process: trials of one suite share it)."""
     root = resolve_root(card, root_override)
@@ -183,3 +217,8 @@ def load_dataset(card: DatasetCard, root_override: str | Path | None = None) -> 
         _CACHE.clear()  # keep one dataset in memory at a time
         _CACHE[key] = _preload(card, root)
     return _CACHE[key]
+
+
+def clear_cache() -> None:
+    """Drop the preloaded dataset (e.g. in a driver that only checked it)."""
+    _CACHE.clear()

@@ -115,6 +115,20 @@ def expand(suite: Suite, methods: Sequence[str] | None = None, seeds: Sequence[i
     return trials
 
 
+def check_data(trials: Sequence[Trial], data_root: str | Path | None = None, keep: bool = True) -> None:
+    """Read every case the trials use, before any run is opened: a bad file (unreadable, wrong keys or shape,
+    non-finite pixels, labels outside the classes) or a setting whose labeled rows hold no foreground raises
+    ConfigError naming it. `keep` leaves the data in the per-process cache, for trials run in this process."""
+    from benchmark.data import dataset
+
+    for card in {t.card.name: t.card for t in trials}.values():
+        data = dataset.load_dataset(card, data_root)
+        for rows in sorted({t.labeled_rows for t in trials if t.card.name == card.name}):
+            dataset.check_labeled_rows(data, rows, str(card.path or card.name))
+    if not keep:
+        dataset.clear_cache()
+
+
 def method_overrides(table: dict[str, dict[str, Any]], method: str, preset: dict[str, Any] | None = None
                      ) -> dict[str, Any]:
     """A suite table's entry for `method`: `advmim:no-adv` takes the entry for `advmim`, then the preset's
