@@ -1,4 +1,4 @@
-"""Run a suite's trials as Ray Tune trials (the only module that imports ray).
+"""Run a suite's trials as Ray Tune trials (ray is imported here and in `tune.py`, which drives its own Tuner).
 
     outcomes = run_ray(trials, work_dir, tracking_uri, experiment, settings=RaySettings(cpus_per_trial=2))
 
