@@ -100,6 +100,18 @@ class Tracker:
         return self.client.search_runs([self.experiment_id], filter_string=" and ".join(filters),
                                        order_by=["attributes.start_time DESC"])
 
+    def search(self, filter_string: str = "", order_by: list[str] | None = None) -> list:
+        """Runs of the experiment matching an MLflow filter (e.g. "tags.`tune.role` = 'study'")."""
+        return self.client.search_runs([self.experiment_id], filter_string=filter_string, order_by=order_by)
+
+    def run(self, run_id: str) -> "TrackedRun":
+        """A handle on one run of the store (read it with `.get()`, change it with the TrackedRun methods)."""
+        return TrackedRun(self.client, run_id)
+
+    def create_run(self, name: str, tags: dict[str, str]) -> "TrackedRun":
+        """A new RUNNING run in the experiment (no params; trials use `open_run`)."""
+        return TrackedRun(self.client, self.client.create_run(self.experiment_id, run_name=name, tags=tags).info.run_id)
+
     def finished_run_id(self, config_hash: str) -> str | None:
         found = self.runs(config_hash, "FINISHED")
         return found[0].info.run_id if found else None
@@ -222,9 +234,26 @@ class TrackedRun:
         now = int(time.time() * 1000)
         self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
 
+    def get(self):
+        """The run as the store holds it now (mlflow Run: `.info.status`, `.data.tags`, `.data.metrics`)."""
+        return self.client.get_run(self.run_id)
+
     def set_tags(self, tags: dict[str, str]) -> None:
         for k, v in tags.items():
             self.client.set_tag(self.run_id, k, v)
+
+    def delete_tag(self, key: str) -> None:
+        self.client.delete_tag(self.run_id, key)
+
+    def reopen(self) -> None:
+        """Back to RUNNING (a resumed study's parent run)."""
+        self.client.update_run(self.run_id, status="RUNNING")
+
+    def kill(self, reason: str | None = None) -> None:
+        """Mark KILLED (stopped on purpose: pruned, superseded, a driver interrupted), with `reason` if given."""
+        if reason:
+            self.client.set_tag(self.run_id, "failure_reason", reason[:5000])
+        self.client.set_terminated(self.run_id, "KILLED")
 
     def log_artifact(self, path: Path) -> None:
         self.client.log_artifact(self.run_id, str(path))

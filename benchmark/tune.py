@@ -327,8 +327,8 @@ def _trainable(config: dict[str, Any], setup: StudySetup) -> None:
             if setup.parent_run_id:
                 tags["mlflow.parentRunId"] = setup.parent_run_id
             run = super().open_run(name, config_hash, tags, params)
-            if "tune.pruned" in self.client.get_run(run.run_id).data.tags:   # a pruned config sampled again
-                self.client.delete_tag(run.run_id, "tune.pruned")
+            if "tune.pruned" in run.get().data.tags:   # a pruned config sampled again
+                run.delete_tag("tune.pruned")
             state["run_id"] = run.run_id
             return ReportingRun(self.client, run.run_id, run.attempt)
 
@@ -337,19 +337,18 @@ def _trainable(config: dict[str, Any], setup: StudySetup) -> None:
         outcome = run_trial(trial, Path(setup.work_dir), tracker, setup.data_root, setup.device, progress=False)
     except SystemExit:   # Ray stops a trial the scheduler pruned by raising SystemExit inside tune.report
         if state["run_id"]:
-            tracker.client.set_tag(state["run_id"], "tune.pruned", "true")
-            tracker.client.set_tag(state["run_id"], "tune.pruned_at", str(state["step"]))
-            tracker.client.set_tag(state["run_id"], "failure_reason", f"pruned at step {state['step']}")
-            tracker.client.set_terminated(state["run_id"], "KILLED")
+            pruned = tracker.run(state["run_id"])
+            pruned.set_tags({"tune.pruned": "true", "tune.pruned_at": str(state["step"])})
+            pruned.kill(f"pruned at step {state['step']}")
         raise
     if outcome.status == "FAILED":
         raise RuntimeError(f"trial {trial.name} ({trial.config_hash}) failed: {outcome.detail}")
     run_id = state["run_id"] or tracker.finished_run_id(trial.config_hash)
     if run_id is None:       # skipped, not finished: another process is training this config
         raise RuntimeError(f"trial {trial.name} ({trial.config_hash}) {outcome.detail}")
-    summary = outcome.summary or tracker.client.get_run(run_id).data.metrics
+    summary = outcome.summary or tracker.run(run_id).get().data.metrics
     if outcome.status == "SKIPPED":
-        tracker.client.set_tag(run_id, f"tune_{setup.study_id}", "true")
+        tracker.run(run_id).set_tags({f"tune_{setup.study_id}": "true"})
     ckpt = trial.protocol.checkpoint
     tune.report({"objective": summary["best_val_dice"], "step": trial.train.iterations, "final": 1,
                  "test_dice": summary.get(f"test/{ckpt}/dice", float("nan")), "config_hash": trial.config_hash,
@@ -359,8 +358,7 @@ def _trainable(config: dict[str, Any], setup: StudySetup) -> None:
 # -------------------------------------------------------------------------------------------- the driver
 def study_records(setup: StudySetup, tracker) -> list[TrialRecord]:
     """Every trial of the study from MLflow (the source of truth across invocations)."""
-    runs = tracker.client.search_runs([tracker.experiment_id], filter_string=f"tags.tune_{setup.study_id} = 'true'",
-                                      order_by=["attributes.start_time ASC"])
+    runs = tracker.search(f"tags.tune_{setup.study_id} = 'true'", order_by=["attributes.start_time ASC"])
     ckpt = setup.make_trial({}).protocol.checkpoint
     records = []
     for r in runs:
@@ -379,15 +377,14 @@ def study_records(setup: StudySetup, tracker) -> list[TrialRecord]:
 def _open_parent(setup: StudySetup, tracker) -> str:
     """The study's MLflow parent run (reused on resume)."""
     query = f"tags.`tune.study_id` = '{setup.study_id}' and tags.`tune.role` = 'study'"
-    found = tracker.client.search_runs([tracker.experiment_id], filter_string=query)
+    found = tracker.search(query)
     if found:
-        run_id = found[0].info.run_id
-        tracker.client.update_run(run_id, status="RUNNING")
-        return run_id
+        tracker.run(found[0].info.run_id).reopen()
+        return found[0].info.run_id
     tags = {"tune.role": "study", "tune.study_id": setup.study_id, "tune.study": setup.study_name,
             "tune.kind": setup.kind, "method": setup.method, "suite": setup.suite.name,
             "tune.metric": setup.metric, "tune.space": json.dumps(setup.space, sort_keys=True)}
-    return tracker.client.create_run(tracker.experiment_id, run_name=setup.study_name, tags=tags).info.run_id
+    return tracker.create_run(setup.study_name, tags).run_id
 
 
 def _resume_optuna(storage, study_name: str) -> tuple[int, int, list[dict[str, Any]]]:
@@ -416,7 +413,7 @@ def start_ray(tracking_uri: str, num_cpus: int | None = None, address: str | Non
     """The executor's Ray start-up with the trials' environment; False if Ray was already running here."""
     from benchmark.run.ray_executor import start_ray as start, trial_env
 
-    os.environ["MLFLOW_TRACKING_URI"] = tracking_uri   # before ray.init: workers inherit it (HARNESS-NOTES B3)
+    # the trials get the tracking URI through their runtime environment (trial_env), not this process's globals
     return start(address, trial_env(tracking_uri, int(os.environ.get("OMP_NUM_THREADS", "1"))), num_cpus)[0]
 
 
@@ -503,7 +500,7 @@ def run_study(setup: StudySetup, trials: int = 20, pruner: str = "asha", max_con
             seen.add(trial.config_hash)
             run_id = tracker.finished_run_id(trial.config_hash)
             if run_id:
-                tracker.client.set_tag(run_id, f"tune_{setup.study_id}", "true")
+                tracker.run(run_id).set_tags({f"tune_{setup.study_id}": "true"})
             else:
                 missing.append(point)
         points = missing
@@ -515,17 +512,16 @@ def run_study(setup: StudySetup, trials: int = 20, pruner: str = "asha", max_con
                           grace_period or max(base.train.eval_every, base.train.iterations // 8), max_concurrent,
                           cpus_per_trial, gpus_per_trial, ray_address, on_trial)
         except BaseException:   # Ctrl-C or a crash of the driver: the study is resumable, not running
-            tracker.client.set_terminated(setup.parent_run_id, "KILLED")
+            tracker.run(setup.parent_run_id).kill()
             raise
     for reason, run_id in failed:   # a worker that died (OOM, segfault) could not mark its own run
-        if run_id and tracker.client.get_run(run_id).info.status == "RUNNING":
-            tracker.client.set_tag(run_id, "failure_reason", reason[:5000])
-            tracker.client.set_terminated(run_id, "FAILED")
+        if run_id and tracker.run(run_id).get().info.status == "RUNNING":
+            tracker.run(run_id).fail(reason)
     errors = [reason for reason, _ in failed]
     records = study_records(setup, tracker)
     best = best_record(records)
     best_file = _write_outputs(setup, tracker, records, best, space)
-    tracker.client.set_terminated(setup.parent_run_id, "FINISHED")
+    tracker.run(setup.parent_run_id).finish()
     return StudyResult(setup, records, best, ran, errors, best_file)
 
 
@@ -610,26 +606,23 @@ def _write_outputs(setup: StudySetup, tracker, records: list[TrialRecord], best:
     study_dir = setup.study_dir.resolve()
     frame = records_frame(records)
     frame.to_csv(study_dir / "trials.csv", index=False)
-    tracker.client.log_artifact(setup.parent_run_id, str(study_dir / "trials.csv"))
+    parent = tracker.run(setup.parent_run_id)
+    parent.log_artifact(study_dir / "trials.csv")
     done = sum(r.status in ("finished", "pruned") for r in records)
-    tracker.client.log_metric(setup.parent_run_id, "tune/trials", float(len(records)))
-    tracker.client.log_metric(setup.parent_run_id, "tune/pruned", float(sum(r.status == "pruned" for r in records)))
+    parent.log_metrics({"tune/trials": len(records), "tune/pruned": sum(r.status == "pruned" for r in records)}, 0)
     best_file = None
     if best is not None:
         best_file = study_dir / "best.yaml"
         best_file.write_text(best_yaml(setup, best))
-        tracker.client.log_artifact(setup.parent_run_id, str(best_file))
-        tracker.client.log_metric(setup.parent_run_id, "tune/best_objective", float(best.objective))
-        if best.test_dice is not None:
-            tracker.client.log_metric(setup.parent_run_id, "tune/best_test_dice", float(best.test_dice))
-        for k, v in best.values.items():
-            tracker.client.set_tag(setup.parent_run_id, f"best.{k}", str(v))
-        tracker.client.set_tag(setup.parent_run_id, "best.config_hash", best.config_hash)
+        parent.log_artifact(best_file)
+        parent.log_metrics({"tune/best_objective": best.objective}
+                           | ({} if best.test_dice is None else {"tune/best_test_dice": best.test_dice}), 0)
+        parent.set_tags({**{f"best.{k}": str(v) for k, v in best.values.items()}, "best.config_hash": best.config_hash})
     if done and not pd.isna(frame["objective"]).all():
         names = sorted({k for r in records for k in r.values})
         plot = sensitivity_plot(frame, names, space, study_dir / "sensitivity.png")
         if plot is not None:
-            tracker.client.log_artifact(setup.parent_run_id, str(plot))
+            parent.log_artifact(plot)
     return best_file
 
 

@@ -201,8 +201,9 @@ def supersede_finished(trial: Trial, work_dir: Path, tracker=None) -> None:
     _clear(run_dir_of(trial, work_dir))
     if tracker is not None:
         for r in tracker.runs(trial.config_hash, "FINISHED"):
-            tracker.client.set_tag(r.info.run_id, "superseded", "true")
-            tracker.client.set_terminated(r.info.run_id, "KILLED")
+            superseded = tracker.run(r.info.run_id)
+            superseded.set_tags({"superseded": "true"})
+            superseded.kill()
 
 
 def _clear(run_dir: Path) -> None:
