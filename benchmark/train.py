@@ -17,6 +17,7 @@ run killed at a stage boundary resumes in the next stage with that stage's start
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import math
 import os
@@ -321,7 +322,8 @@ class Trainer:
         """Test metrics for every kept checkpoint and the last weights (idempotent: runs after the loop, also
         on resume). Rows stream to `cases_<checkpoint>.csv` in the run dir."""
         cases, summary = {}, {}
-        last_state = self.method.state_dict()
+        # a copy: state_dict() shares storage with the live weights, which loading a selection overwrites in place
+        last_state = copy.deepcopy({"modules": self.method.state_dict()["modules"]})
         for ckpt in [*self.selections, "last"]:
             if ckpt == "last":
                 self.method.load_state_dict(last_state, weights_only=True)

@@ -123,6 +123,32 @@ def test_best_test_selection_is_kept_only_when_the_protocol_asks(synthetic, tmp_
     assert set(plain.summary) == {"best_val", "last"}
 
 
+def test_the_last_checkpoint_is_tested_with_the_last_weights_not_the_best(synthetic, tmp_path, monkeypatch):
+    """Regression: the final test loaded best_val in place into the weights that `last` was about to reuse, so
+    `test/last/*` repeated `test/best_val/*` on every card with a validation split."""
+    import benchmark.train as train_module
+    from benchmark.checkpoints import safe_load
+
+    scores = iter([0.9, 0.5, 0.1])                    # val Dice falls: the best is the first selection (step 2)
+    monkeypatch.setattr(Trainer, "validate", lambda self, split="val": next(scores))
+    used = {}
+    real = train_module.evaluate_cases
+
+    def recording(predict, cases, protocol, names, inferer, device, workers, out):
+        used[out.stem] = {k: v.clone() for k, v in trainer.method.model.state_dict().items()}
+        return real(predict, cases, protocol, names, inferer, device, workers, out)
+
+    monkeypatch.setattr(train_module, "evaluate_cases", recording)
+    trainer = make_trainer(synthetic, tmp_path, method=Supervised, cfg=replace(TINY, eval_every=2))
+    result = trainer.fit()
+    assert result.best_step == 2 and set(used) == {"cases_best_val", "cases_last"}
+    best = safe_load(tmp_path / "best_val.pt")["modules"]["model"]
+    last = safe_load(tmp_path / "last.pt")["method"]["modules"]["model"]
+    assert all(torch.equal(used["cases_best_val"][k], best[k]) for k in best)
+    assert all(torch.equal(used["cases_last"][k], last[k]) for k in last)
+    assert any(not torch.equal(best[k], last[k]) for k in best)     # 4 more steps of training changed them
+
+
 class ExplodingMethod(Supervised):
     """Supervised until step 3, then a NaN loss."""
 
