@@ -445,6 +445,7 @@ def run_study(setup: StudySetup, trials: int = 20, pruner: str = "asha", max_con
               cpus_per_trial: float = 1.0, gpus_per_trial: float = 0.0, ray_address: str | None = None,
               grace_period: int | None = None, on_trial: Callable[[str], None] | None = None) -> StudyResult:
     """Validate, run the missing trials through Ray Tune, and summarise the study (see the module doc)."""
+    from benchmark.run.trials import check_data
     from benchmark.track import Tracker
 
     if pruner not in PRUNERS:
@@ -471,6 +472,7 @@ def run_study(setup: StudySetup, trials: int = 20, pruner: str = "asha", max_con
     for probe in ({n: v} for n, d in space.items() for v in d.ends()):
         setup.make_trial(probe)
     grid_trials = [setup.make_trial(p) for p in setup.grid]
+    check_data([base, *grid_trials], setup.data_root, keep=False)   # every file read before the store is opened
 
     tracker = Tracker(setup.experiment, setup.tracking_uri)
     setup.parent_run_id = _open_parent(setup, tracker)
