@@ -134,7 +134,7 @@ class EvaluationProtocol:
     postprocess: str = "none"           # none | largest_component (per class; SS-Net LA `--nms 1`)
     checkpoint: str = "best_val"        # which checkpoint the table reports (best_val and last are always tested)
     val_split: str | None = "val"       # None: the card has no validation split (no best-on-val selection)
-    test_split: str = "test"
+    test_split: str = "test"            # the list the final test scores: test | val (dev runs; checkpoint last)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "classes", _ints(self.classes))
@@ -157,6 +157,11 @@ class EvaluationProtocol:
             raise ConfigError(f"{where}.classes: foreground classes must lie in 1..{num_classes - 1} (got {list(self.classes)})")
         if self.hd_units == "mm" and not self.spacing:
             raise ConfigError(f"{where}: hd_units is 'mm' but no spacing is given; set evaluation.spacing or use hd_units: voxel")
+        _choice(self.test_split, ("test", "val"), f"{where}.test_split")
+        if self.test_split == "val" and (self.checkpoint == "best_val" or not self.val_split):
+            raise ConfigError(f"{where}.test_split: 'val' tests on the validation list, which needs val_split and "
+                              f"a checkpoint not selected on it (checkpoint: last); got val_split "
+                              f"{self.val_split!r}, checkpoint {self.checkpoint!r}")
         if self.checkpoint == "best_val" and not self.val_split:
             raise ConfigError(f"{where}.checkpoint: best_val needs a validation split but val_split is null; "
                               f"use checkpoint: last (or best_test to reproduce a paper that selected on test)")

@@ -122,7 +122,8 @@ class Trainer:
         if not 0 < labeled_rows <= n_total:
             raise ValueError(f"labeled_rows must be in 1..{n_total} (got {labeled_rows})")
         self.labeled_rows = labeled_rows
-        self.test_cases = data.test[:test_cases] if test_cases else data.test   # a smoke run scores fewer
+        tested = data.val if protocol.test_split == "val" else data.test
+        self.test_cases = tested[:test_cases] if test_cases else tested   # a smoke run scores fewer
         self.inferer = make_inferer(protocol, cfg.patch_size)
         seed_everything(seed)
         self.method = build_method(method_cls, method_cfg, cfg, in_channels or data.in_channels,

@@ -149,6 +149,24 @@ def test_the_last_checkpoint_is_tested_with_the_last_weights_not_the_best(synthe
     assert any(not torch.equal(best[k], last[k]) for k in best)     # 4 more steps of training changed them
 
 
+def test_test_split_names_the_list_the_final_test_scores(synthetic, tmp_path):
+    import pandas as pd
+
+    from benchmark.config import ConfigError
+
+    card, data = synthetic
+    on_val = replace(card.evaluation, test_split="val", checkpoint="last")
+    on_val.validate("card", len(card.classes), 2)
+    Trainer(data, Supervised, NoConfig(), TINY, 24, 0, tmp_path, on_val, card.classes, device="cpu",
+            progress=False).fit()
+    scored = pd.read_csv(tmp_path / "cases_last.csv")["case"].unique().tolist()
+    assert sorted(scored) == sorted(c.name for c in data.val) and not set(scored) & {c.name for c in data.test}
+    for bad, field in ((replace(on_val, test_split="train"), "test_split"),
+                       (replace(on_val, checkpoint="best_val"), "test_split")):
+        with pytest.raises(ConfigError, match=field):
+            bad.validate("card", len(card.classes), 2)
+
+
 class ExplodingMethod(Supervised):
     """Supervised until step 3, then a NaN loss."""
 
