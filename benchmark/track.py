@@ -153,7 +153,7 @@ class Tracker:
             if host == socket.gethostname() and pid.isdigit() and pid_alive(int(pid)):
                 continue
             steps = [m.step for m in self.client.get_metric_history(r.info.run_id, "train/loss")]
-            TrackedRun(self.client, r.info.run_id).fail(
+            self.run(r.info.run_id).fail(
                 f"process died (pid {pid or '?'} on {host or '?'}) after step {max(steps, default=0)}; "
                 f"run the same command again to resume from its last checkpoint")
             stale.append(r.info.run_id)
@@ -163,7 +163,7 @@ class Tracker:
         """Mark this hash's RUNNING runs FAILED with `reason` (their process died); returns how many."""
         stuck = self.runs(config_hash, "RUNNING")
         for r in stuck:
-            TrackedRun(self.client, r.info.run_id).fail(reason)
+            self.run(r.info.run_id).fail(reason)
         return len(stuck)
 
     def finished_frame(self) -> pd.DataFrame:

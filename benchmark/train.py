@@ -122,7 +122,7 @@ class Trainer:
         if not 0 < labeled_rows <= n_total:
             raise ValueError(f"labeled_rows must be in 1..{n_total} (got {labeled_rows})")
         self.labeled_rows = labeled_rows
-        tested = data.val if protocol.test_split == "val" else data.test
+        tested = data.eval_cases(protocol.test_split)
         self.test_cases = tested[:test_cases] if test_cases else tested   # a smoke run scores fewer
         self.inferer = make_inferer(protocol, cfg.patch_size)
         seed_everything(seed)

@@ -8,6 +8,7 @@ against the repo's pinned copies, labels against the class count.
 from __future__ import annotations
 
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -138,8 +139,7 @@ def _open_splits(card: DatasetCard, root: Path) -> SplitFiles:
 def _check_lists(card: DatasetCard, names: dict[str, list[str]]) -> None:
     """No name twice in one list; no patient (unit patient: `patient_pattern`; else the name) in two splits."""
     for split, items in names.items():
-        seen: set[str] = set()
-        twice = next((n for n in items if n in seen or seen.add(n)), None)
+        twice = next((n for n, count in Counter(items).items() if count > 1), None)
         if twice is not None:
             raise ConfigError(f"{card.path}: the {split} list ({card.splits[split]}) names {twice!r} more than once; "
                               f"each case is listed once (remove the duplicate row)")
@@ -172,6 +172,10 @@ class InMemoryDataset:
     @property
     def in_channels(self) -> int:
         return int(self.train_images[0].shape[0])
+
+    def eval_cases(self, split: str) -> list[Case]:
+        """The cases of an evaluation split: 'val' or 'test' (EvaluationProtocol.test_split)."""
+        return self.val if split == "val" else self.test
 
 
 def _check_labels(label: np.ndarray, num_classes: int, where: str) -> None:

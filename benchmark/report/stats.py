@@ -126,7 +126,7 @@ def cost_fields(frame: pd.DataFrame) -> pd.DataFrame:
         out["wall_s"] = (pd.to_datetime(frame["end_time"]) - pd.to_datetime(frame["start_time"])).dt.total_seconds()
     if "metrics.run_seconds" in frame:   # the attempts' seconds summed (a resumed run's downtime left out)
         measured = frame["metrics.run_seconds"].astype(float)
-        out["wall_s"] = measured.where(measured.notna(), out["wall_s"]) if "wall_s" in out else measured
+        out["wall_s"] = measured.fillna(out["wall_s"]) if "wall_s" in out else measured
     if "tags.device" in frame:
         out["device"] = frame["tags.device"].fillna("").astype(str)
     return out

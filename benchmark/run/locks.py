@@ -15,6 +15,17 @@ from typing import Iterator
 LOCK_NAME = ".lock"
 
 
+def _try_exclusive(handle) -> bool:
+    """Take an exclusive flock on an open file without waiting; False if another open file holds it."""
+    import fcntl
+
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
 class TrialBusy(Exception):
     """Another process is training this trial (it holds the run dir's lock)."""
 
@@ -30,12 +41,10 @@ def trial_lock(run_dir: Path) -> Iterator[None]:
         return
     run_dir.mkdir(parents=True, exist_ok=True)
     with open(run_dir / LOCK_NAME, "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not _try_exclusive(handle):
             handle.seek(0)
             raise TrialBusy(f"being trained by another process ({handle.read().strip() or 'unknown'}); "
-                            f"its results will appear when it finishes") from None
+                            f"its results will appear when it finishes")
         handle.truncate(0)
         handle.write(f"pid {os.getpid()} on {socket.gethostname()}")
         handle.flush()
@@ -58,9 +67,7 @@ def lock_is_free(run_dir: Path) -> bool:
     if not path.is_file():
         return False
     with open(path, "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not _try_exclusive(handle):
             return False
         fcntl.flock(handle, fcntl.LOCK_UN)
     return True

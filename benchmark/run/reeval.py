@@ -67,7 +67,7 @@ def evaluate_saved(saved: SavedModel, protocol_overrides: dict[str, Any], datase
     method.load_state_dict(state if "modules" in state else state["method"], weights_only=True)
     method.train(False)
     data = load_dataset(card, data_root)
-    volumes = data.test if protocol.test_split == "test" else data.val
+    volumes = data.eval_cases(protocol.test_split)
     csv_path = saved.weights.parent / f"cases_{saved.weights.stem}_eval-{protocol.scoring_hash}.csv"
     cases = evaluate_cases(method.predict, volumes, protocol, card.classes, make_inferer(protocol, train.patch_size),
                            dev, workers, csv_path)
