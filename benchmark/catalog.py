@@ -118,7 +118,11 @@ def describe(kind: str, reported: bool = False) -> list[tuple[str, str]]:
                      for r in reported_only() if r["name"] not in registered]
         return rows
     if kind == "datasets":
-        return [(n, load_card(p).description) for n, p in _yaml_names(DATASETS_DIR).items()]
+        rows = []
+        for n, p in _yaml_names(DATASETS_DIR).items():
+            card = load_card(p)
+            rows.append((n, f"{card.description}\n{data_status(card)}"))
+        return rows
     if kind == "suites":
         return [(n, load_suite(p).description) for n, p in _yaml_names(SUITES_DIR).items()]
     if kind == "networks":
@@ -128,6 +132,35 @@ def describe(kind: str, reported: bool = False) -> list[tuple[str, str]]:
                  f"{', square' if e.obj.square else ''}{'' if e.obj.role == 'segmentation' else f', {e.obj.role} net'}: "
                  f"{e.description}") for e in NETWORKS]
     raise UnknownNameError("listing", kind, ["methods", "datasets", "suites", "networks"])
+
+
+def preparable_names() -> list[str]:
+    """The cards `bench data prepare` converts from the official downloads (benchmark.data.prepare.PREPARERS,
+    a Registry or mapping of card names); none while that module is absent."""
+    try:
+        from benchmark.data.prepare import PREPARERS
+    except ImportError:
+        return []
+    return list(PREPARERS.names() if hasattr(PREPARERS, "names") else PREPARERS)
+
+
+def data_status(card: DatasetCard, root: Path | None = None) -> str:
+    """One line for `bench ls datasets`: is the card's data under the data root (`root`, default
+    $BENCH_DATA_ROOT)? Cheap: the root folder and its training list file are looked for, nothing is read."""
+    from benchmark.config import data_root
+
+    if card.generator is not None:
+        return "synthetic: generated on first use"
+    base = data_root(root)
+    folder = base / str(card.root)
+    if not folder.is_dir():
+        how = (f"`bench data prepare {card.name} --from RAW_DIR`" if card.name in preparable_names()
+               else "README, 'Real data'")
+        return f"data: not found under {base} (expects {card.root}/) - {how}"
+    train = card.splits.get("train")
+    if isinstance(train, str) and not (folder / train).is_file():
+        return f"data: incomplete at {folder} (no {train}) - `bench data check {card.name}` says what is wrong"
+    return f"data: present at {folder}"
 
 
 def _overrides_text(overrides: dict) -> str:

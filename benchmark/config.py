@@ -83,10 +83,10 @@ def _choice(value: str, valid: tuple[str, ...], where: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------- dataset card
-EMPTY_POLICIES = ("worst", "zero_all", "dice0_hd0", "error")
+EMPTY_POLICIES = ("worst", "zero_all", "dice0_hd0", "error", "transunet")  # = benchmark.metrics.EMPTY_POLICIES
 CHECKPOINT_RULES = ("best_val", "last", "best_test")
 HD_UNITS = ("voxel", "mm")
-RESIZE = ("nearest", "bilinear_logits")
+RESIZE = ("nearest", "bilinear_logits", "cubic")  # = benchmark.inference.RESIZE_MODES
 #: inference protocol -> the spatial dims of the net it feeds (slicewise: a 2D net on volumes)
 INFERENCE_DIMS = {"slicewise": 2, "whole_image": 2, "sliding_window": None}
 POSTPROCESS = ("none", "largest_component")
@@ -119,12 +119,16 @@ class EvaluationProtocol:
       zero_all   all four metrics 0 (SS-Net / BCP / CML test_ACDC.py)
       dice0_hd0  Dice 0, HD95 0 (SSL4MIS val_2D.py; Jaccard and ASD 0 as well)
       error      raise, like medpy in SSL4MIS test_2D_fully.py
+      transunet  TransUNet's Synapse test: prediction on a class absent from the reference Dice 1 / HD95 0,
+                 empty prediction 0 / 0 (Jaccard as Dice, ASD as HD95)
+    resize (slicewise, whole_image): nearest (zoom order 0 in and out; SSL4MIS), bilinear_logits (UniMatch),
+      cubic (zoom order 3 of the image in, argmax, order 0 of the label map out; TransUNet's Synapse test)
     checkpoint `best_test` selects on the test split: it exists only to reproduce papers that did so, and
     tables mark it as leaking.
     """
 
     inference: str = "slicewise"        # slicewise (2D nets on 3D volumes) | sliding_window (n-D) | whole_image (2D images)
-    resize: str = "nearest"             # slicewise: nearest (SSL4MIS) | bilinear_logits (UniMatch)
+    resize: str = "nearest"             # slicewise: nearest (SSL4MIS) | bilinear_logits (UniMatch) | cubic (TransUNet)
     patch: tuple[int, ...] | None = None   # inference patch; slicewise default = the training patch
     stride: tuple[int, ...] | None = None  # sliding_window only (LA: 18, 18, 4)
     classes: tuple[int, ...] = (1, 2, 3)  # foreground classes scored, mean over them

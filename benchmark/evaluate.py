@@ -67,7 +67,7 @@ def rescore_cases(cases: pd.DataFrame, policy: str) -> pd.DataFrame:
         raise ValueError(f"per-case rows lack {', '.join(missing)} (written before re-scoring existed): score the "
                          f"weights again with `bench eval --run RUN_ID --empty-prediction {policy}`")
     if policy not in EMPTY_POLICIES or policy == "error":
-        raise ValueError(f"cannot re-score under {policy!r}; valid: worst, zero_all, dice0_hd0")
+        raise ValueError(f"cannot re-score under {policy!r}; valid: {', '.join(p for p in EMPTY_POLICIES if p != 'error')}")
     out = cases.copy()
     metrics = [m for m in METRICS if m in out]
     empty = (out["pred_voxels"] == 0) | (out["ref_voxels"] == 0)

@@ -8,7 +8,9 @@ patches it sees and how its outputs become one label map. The card's `evaluation
                   zoom order 0 of every image channel in, argmax, zoom order 0 of the label map out (SSL4MIS
                   `val_2D.py` / `test_2D_fully.py`, SS-Net, BCP, CML; PROTOCOLS.md §2.1);
                   `resize: bilinear_logits` = bilinear image in, bilinear logits out, then argmax (UniMatch;
-                  PROTOCOLS.md §5.5). Slices go through the network `chunk` at a time.
+                  PROTOCOLS.md §5.5); `resize: cubic` = zoom order 3 of every image channel in, argmax, zoom
+                  order 0 of the label map out (TransUNet's Synapse test, Beckschen/TransUNet@2ffa29f
+                  `utils.py::test_single_volume`). Slices go through the network `chunk` at a time.
   sliding_window  `SlidingWindow`: an n-D network (3D for LA: patch 112x112x80, stride 18x18x4) on an image
                   (C, *spatial). The image is zero-padded symmetrically to at least the patch (d // 2 before,
                   d - d // 2 after), windows start every `stride` voxels along each axis with the last one flush
@@ -18,7 +20,8 @@ patches it sees and how its outputs become one label map. The card's `evaluation
   whole_image     `WholeImage`: a 2D network on a 2D image (C, H, W) (ISIC-like skin-lesion sets): the whole
                   image is resized to the patch, predicted once and brought back to (H, W); `nearest` = zoom
                   order 0 in, argmax, zoom order 0 of the label map out; `bilinear_logits` = bilinear image in,
-                  bilinear logits out (align_corners=False), then argmax.
+                  bilinear logits out (align_corners=False), then argmax; `cubic` = zoom order 3 in, argmax,
+                  zoom order 0 out.
 
 `build_inferer(inference, patch, stride, resize)` makes one from a card's fields; unknown names raise an error
 listing the valid ones (`INFERERS`). For a single channel, `SliceWise` and `SlidingWindow` give exactly the label
@@ -36,11 +39,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from benchmark.data.augment import resize_nearest
+from benchmark.data.augment import resize_cubic, resize_nearest
 from benchmark.registry import Registry
 
 Predictor = Callable[[torch.Tensor], torch.Tensor]
-RESIZE_MODES = ("nearest", "bilinear_logits")
+RESIZE_MODES = ("nearest", "bilinear_logits", "cubic")
+#: the image resize of the modes that resize the image with scipy zoom and bring the ARGMAX back with order 0
+_ZOOM_IN = {"nearest": resize_nearest, "cubic": resize_cubic}
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -157,9 +162,10 @@ class SliceWise(Inferer2D):
         out = np.empty((s, h, w), dtype=np.uint8)
         for i in range(0, s, self.chunk):
             stop = min(i + self.chunk, s)
-            if self.resize == "nearest":
-                small = np.stack([np.stack([resize_nearest(image[ch, k], self.patch) for ch in range(c)])
-                                  for k in range(i, stop)])
+            if self.resize in _ZOOM_IN:
+                zoom_in = _ZOOM_IN[self.resize]
+                small = np.stack([np.stack([zoom_in(image[ch, k], self.patch) for ch in range(c)])
+                                  for k in range(i, stop)]).astype(np.float32, copy=False)
                 logits = predict(torch.from_numpy(small).to(device))
                 _check_logits(logits, stop - i, self.patch, self.name)
                 for j, lab in enumerate(logits.argmax(1).to(torch.uint8).cpu().numpy()):
@@ -252,8 +258,9 @@ class WholeImage(Inferer2D):
     def __call__(self, predict: Predictor, image: np.ndarray, device: torch.device) -> np.ndarray:
         image = _check_image(image, 2, "(C, H, W)", self.name)
         h, w = image.shape[1:]
-        if self.resize == "nearest":
-            small = np.stack([resize_nearest(channel, self.patch) for channel in image])[None]
+        if self.resize in _ZOOM_IN:
+            zoom_in = _ZOOM_IN[self.resize]
+            small = np.stack([zoom_in(channel, self.patch) for channel in image])[None].astype(np.float32, copy=False)
             logits = predict(torch.from_numpy(small).to(device))
             _check_logits(logits, 1, self.patch, self.name)
             return resize_nearest(logits.argmax(1)[0].to(torch.uint8).cpu().numpy(), (h, w))

@@ -10,9 +10,13 @@ Empty-mask policies (the card's `evaluation.empty_prediction`), for a class miss
               with a perfect HD95/ASD.
   dice0_hd0 - Dice 0 and HD95 0 (SSL4MIS `val_2D.py`), Jaccard and ASD 0 too: the same numbers as zero_all.
   error     - raise EmptyMaskError, as medpy does in SSL4MIS `test_2D_fully.py`.
+  transunet - TransUNet's Synapse rule (Beckschen/TransUNet@2ffa29f `utils.py::calculate_metric_percase`), which
+              depends on the reference too: a prediction on a class absent from the reference scores Dice 1,
+              HD95 0; an empty prediction scores Dice 0, HD95 0 whatever the reference (both empty: 0, 0).
+              Jaccard follows Dice and ASD follows HD95 (TransUNet computes only Dice and HD95).
 A prediction on a class absent from the reference gets Dice = Jaccard = 0 and distances = the diagonal under
 `worst`, NaN under zero_all/dice0_hd0 (the reference scripts crash there); both empty is NaN under `worst`
-(nothing to score; NaNs are left out of means and counted) and 0 under zero_all/dice0_hd0.
+(nothing to score; NaNs are left out of means and counted) and 0 under zero_all/dice0_hd0/transunet.
 
 Implementation (no medpy at run time; medpy 0.5.2 `medpy.metric.binary` is the test-only reference and the
 values are bit-identical to it, see `tests/test_metrics.py`):
@@ -348,7 +352,7 @@ def assd(pred, ref, spacing: Sequence[float] | float | None = None) -> float:
 
 # --------------------------------------------------------------------------------------------- per case
 
-EMPTY_POLICIES = ("worst", "zero_all", "dice0_hd0", "error")
+EMPTY_POLICIES = ("worst", "zero_all", "dice0_hd0", "error", "transunet")
 
 
 def diagonal(shape: Sequence[int], spacing: Sequence[float] | float | None = None) -> float:
@@ -371,7 +375,9 @@ def empty_case_metrics(p_any: bool, r_any: bool, policy: str, worst: float,
         if not p_any and not r_any:
             return {m: math.nan for m in which}
         return {m: (0.0 if m in ("dice", "jaccard") else worst) for m in which}
-    if not p_any:  # zero_all, dice0_hd0
+    if policy == "transunet" and p_any:  # a prediction on a class the reference lacks: (1, 0)
+        return {m: (1.0 if m in ("dice", "jaccard") else 0.0) for m in which}
+    if not p_any:  # zero_all, dice0_hd0, transunet
         return {m: 0.0 for m in which}
     return {m: (0.0 if m in ("dice", "jaccard") else math.nan) for m in which}
 

@@ -59,7 +59,7 @@ def sample(name, image, label, seed, patch):
 def test_registry_names_dims_and_descriptions():
     dims = {e.name: e.obj.dims for e in AUGMENTATIONS}
     assert dims == {"ssl4mis-2021": (2,), "ssl4mis-2025": (2,), "none": (2,), "la-rotflip-crop": (3,),
-                    "la-crop": (3,), "image-2d": (2,)}
+                    "la-crop": (3,), "image-2d": (2,), "transunet": (2,)}
     for entry in AUGMENTATIONS:
         assert isinstance(entry.obj, AugmentationRule) and entry.description and "\n" not in entry.description
 

@@ -143,7 +143,7 @@ def isic_like_root(tmp_path: Path, n: int = 12) -> Path:
 
 def test_an_isic_layout_trains_supervised_and_fixmatch_from_a_card_alone(tmp_path, monkeypatch):
     data_root = isic_like_root(tmp_path)
-    card = yaml.safe_load((Path(__file__).parent.parent / "datasets" / "isic2018.yaml").read_text())
+    card = yaml.safe_load((Path(__file__).parent.parent / "datasets" / "isic.yaml").read_text())
     card.update(name="isic-mini", splits={"train": {"from": 0, "to": 8}, "test": {"from": 8, "to": 12}},
                 labeled={"unit": "case", "aliases": {"25%": 2}})
     card_path = tmp_path / "isic-mini.yaml"

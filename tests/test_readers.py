@@ -13,7 +13,8 @@ from PIL import Image
 
 from benchmark.config import ConfigError
 from benchmark.data import synthetic, synthetic_images, synthetic_volumes
-from benchmark.data.formats import READERS, Case, ImageFolder, LAH5, Reader, SSL4MISH5, Volume, open_reader, read_list
+from benchmark.data.formats import (READERS, Case, H5Volumes, ImageFolder, LAH5, Reader, SSL4MISH5, TransUNetSynapse, Volume,
+                                    open_reader, read_list)
 from benchmark.data.generators import GENERATORS, Generator
 
 CARD = "datasets/test-card.yaml"
@@ -65,6 +66,18 @@ def _la_write(root: Path, name: str, kind: str, image: np.ndarray, label: np.nda
     _write_h5(root / "2018LA_Seg_Training Set" / name / "mri_norm2.h5", image=image, label=label)
 
 
+def _h5v_write(root: Path, name: str, kind: str, image: np.ndarray, label: np.ndarray) -> None:
+    _write_h5(root / "data" / f"{name}.h5", image=image, label=label)
+
+
+def _synapse_write(root: Path, name: str, kind: str, image: np.ndarray, label: np.ndarray) -> None:
+    if kind == "train":
+        (root / "train_npz").mkdir(parents=True, exist_ok=True)
+        np.savez(root / "train_npz" / f"{name}.npz", image=image, label=label)
+    else:
+        _write_h5(root / "test_vol_h5" / f"{name}.npy.h5", image=image, label=label)
+
+
 IF_OPTIONS = {"images": "imgs", "masks": "gt", "image_pattern": "img_{id}.tif",
               "mask_pattern": "{id}_mask.png", "mask_values": {0: 0, 128: 1, 255: 2}}
 
@@ -98,6 +111,10 @@ LAYOUTS: dict[str, Layout] = {
                          h5=True, cls=SSL4MISH5),
     "la-h5": Layout({}, 1, {"train": (6, 5, 4), "eval": (6, 5, 4)}, _la_write, _h5_sample, _h5_expect,
                     h5=True, cls=LAH5),
+    "h5-volumes": Layout({}, 1, {"train": (6, 5, 4), "eval": (6, 5, 4)}, _h5v_write, _h5_sample, _h5_expect,
+                         h5=True, cls=H5Volumes),
+    "transunet-synapse": Layout({}, 1, {"train": (6, 5), "eval": (3, 6, 5)}, _synapse_write, _h5_sample,
+                                _h5_expect, h5=True, cls=TransUNetSynapse),
     "image-folder": Layout(IF_OPTIONS, 3, {"train": (6, 5), "eval": (6, 5)}, _if_write, _if_sample, _if_expect,
                            cls=ImageFolder),
 }
@@ -126,7 +143,7 @@ def valid_root(tmp_path: Path, fmt: str, kind: str, names=("a01", "a02")) -> tup
 
 
 def test_every_registered_reader_has_a_fixture_and_is_a_reader() -> None:
-    assert FORMATS == ["ssl4mis-h5", "la-h5", "image-folder"]
+    assert FORMATS == ["ssl4mis-h5", "la-h5", "h5-volumes", "image-folder", "transunet-synapse"]
     for entry in READERS:
         assert issubclass(entry.obj, Reader) and entry.description
         layout_of(entry.name)
@@ -195,8 +212,11 @@ def test_missing_key(tmp_path: Path, fmt: str, kind: str) -> None:
     reader = lay.reader(tmp_path)
     path = reader.path_of("a01", kind)
     image, label = lay.sample(np.random.default_rng(1), lay.spatial[kind])
-    _write_h5(path, img=image, label=label)
-    with pytest.raises(ConfigError, match="missing dataset 'image'") as exc:
+    if path.suffix == ".npz":
+        np.savez(path, img=image, label=label)
+    else:
+        _write_h5(path, img=image, label=label)
+    with pytest.raises(ConfigError, match=r"missing (dataset|array\(s\)) 'image'") as exc:
         read(reader, "a01", kind)
     assert str(path) in str(exc.value) and "'img'" in str(exc.value)
 
@@ -277,11 +297,11 @@ def test_options_are_validated(tmp_path: Path, fmt: str) -> None:
 def test_open_reader(tmp_path: Path, fmt: str) -> None:
     lay = layout_of(fmt)
     assert type(open_reader(fmt, tmp_path, lay.options, lay.in_channels, CARD)) is lay.cls
-    with pytest.raises(ConfigError, match="valid formats: ssl4mis-h5, la-h5, image-folder"):
+    with pytest.raises(ConfigError, match="valid formats: ssl4mis-h5, la-h5, h5-volumes, image-folder, transunet-synapse"):
         open_reader("nifti", tmp_path, {}, 1, CARD)
 
 
-@pytest.mark.parametrize("fmt", ["ssl4mis-h5", "la-h5"])
+@pytest.mark.parametrize("fmt", ["ssl4mis-h5", "la-h5", "h5-volumes"])
 def test_list_file_splits(tmp_path: Path, fmt: str) -> None:
     (tmp_path / "train.list").write_text("a01\n\n a02 \n")
     reader = layout_of(fmt).reader(tmp_path)

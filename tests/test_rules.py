@@ -13,7 +13,7 @@ from benchmark.evaluate import CASE_COLUMNS, rescore_cases, score_case, summariz
 from benchmark.report import leaderboard as lbm
 from benchmark.report.stats import rescore_runs
 
-POLICIES = ("worst", "zero_all", "dice0_hd0")
+POLICIES = ("worst", "zero_all", "dice0_hd0", "transunet")
 NAMES = ["background", "A", "B"]
 
 

@@ -9,7 +9,7 @@ so a batch is a pure function of (seed, step).
 
 `dims` lists the numbers of spatial dimensions a rule works on ((2,) for slices, (3,) for volumes).
 `resize_nearest` (scipy zoom order 0, as SSL4MIS `RandomGenerator`) is also used outside training, for
-images, labels and predictions alike.
+images, labels and predictions alike; `resize_cubic` (zoom order 3, TransUNet's image resize) for images.
 """
 from __future__ import annotations
 
@@ -55,6 +55,19 @@ def resize_nearest(array: np.ndarray, size: Sequence[int]) -> np.ndarray:
     return ndimage.zoom(array, tuple(t / s for t, s in zip(size, array.shape)), order=0)
 
 
+def resize_cubic(array: np.ndarray, size: Sequence[int]) -> np.ndarray:
+    """scipy zoom with order 3 (scipy's defaults otherwise: spline prefilter, mode 'constant') to `size`, as
+    float32: TransUNet's image resize in training and test (Beckschen/TransUNet@ee8acce
+    `datasets/dataset_synapse.py::RandomGenerator`, `utils.py::test_single_volume`). An array already at `size`
+    is returned unchanged (cast only), as both skip the zoom then. For images only: a label map needs order 0."""
+    size = tuple(int(s) for s in size)
+    if len(size) != array.ndim:
+        raise ValueError(f"resize_cubic: size {size} has {len(size)} axes, array has shape {array.shape}")
+    if array.shape == size:
+        return array.astype(np.float32, copy=False)
+    return ndimage.zoom(array, tuple(t / s for t, s in zip(size, array.shape)), order=3).astype(np.float32, copy=False)
+
+
 def _check(rule: str, image: np.ndarray, label: np.ndarray, patch: Sequence[int], ndim: int) -> tuple[int, ...]:
     patch = tuple(int(p) for p in patch)
     if label.ndim != ndim or image.ndim != ndim + 1 or image.shape[1:] != label.shape:
@@ -70,8 +83,11 @@ def _apply(transform: Transform, image: np.ndarray, label: np.ndarray) -> tuple[
     return np.stack([transform(c) for c in image]), transform(label)
 
 
-def _resize_to_patch(image: np.ndarray, label: np.ndarray, patch: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
-    out = np.stack([resize_nearest(c, patch) for c in image]).astype(np.float32, copy=False)
+def _resize_to_patch(image: np.ndarray, label: np.ndarray, patch: tuple[int, ...],
+                     resize_image: Callable[[np.ndarray, Sequence[int]], np.ndarray] = resize_nearest,
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Each image channel by `resize_image` (nearest: SSL4MIS; `resize_cubic`: TransUNet), the label nearest."""
+    out = np.stack([resize_image(c, patch) for c in image]).astype(np.float32, copy=False)
     return out, np.array(resize_nearest(label, patch))
 
 
@@ -92,11 +108,12 @@ def _identity(a: np.ndarray) -> np.ndarray:
     return a
 
 
-def _ssl4mis(name: str, draw: Callable[[np.random.Generator], Transform]) -> Sampler:
+def _ssl4mis(name: str, draw: Callable[[np.random.Generator], Transform],
+             resize_image: Callable[[np.ndarray, Sequence[int]], np.ndarray] = resize_nearest) -> Sampler:
     def sample(image: np.ndarray, label: np.ndarray, rng: np.random.Generator,
                patch: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
         size = _check(name, image, label, patch, 2)
-        return _resize_to_patch(*_apply(draw(rng), image, label), size)
+        return _resize_to_patch(*_apply(draw(rng), image, label), size, resize_image)
     sample.__name__ = sample.__qualname__ = name.replace("-", "_")
     return sample
 
@@ -124,11 +141,18 @@ ssl4mis_2025 = _register("ssl4mis-2025", (2,), "50% rot90+flip, 50% rotation in 
 no_augmentation = _register("none", (2,), "no augmentation (nearest resize to the patch only)")(
     _ssl4mis("none", lambda rng: _identity))
 
+transunet = _register("transunet", (2,), "the draws of ssl4mis-2021, then CUBIC (order 3) resize of the image and "
+                      "nearest of the label to the patch (TransUNet's Synapse training transform)")(
+    _ssl4mis("transunet", _draw_ssl4mis_2021, resize_cubic))
+
 ssl4mis_2021.__doc__ = """SSL4MIS `RandomGenerator` (before 2025-06-07): if random() > 0.5 rot90+flip, elif
 random() > 0.5 rotation in [-20, 20) degrees (order 0), else nothing; then zoom order 0 to the patch.
 One draw per call; for C > 1 the drawn transform is applied to each channel (for C = 1: the former rule)."""
 ssl4mis_2025.__doc__ = """SSL4MIS `RandomGenerator` after commit 24db034: if random() > 0.5 rot90+flip, else
 rotation in [-20, 20) degrees (order 0); then zoom order 0 to the patch. One draw, applied to each channel."""
+transunet.__doc__ = """TransUNet `RandomGenerator` (Beckschen/TransUNet@ee8acce `datasets/dataset_synapse.py`): the
+same draws as ssl4mis-2021 (if random() > 0.5 rot90+flip, elif random() > 0.5 rotation in [-20, 20) order 0),
+then zoom ORDER 3 of each image channel (`resize_cubic`) and order 0 of the label to the patch."""
 no_augmentation.__doc__ = """No augmentation: zoom order 0 of each channel and of the label to the patch."""
 
 

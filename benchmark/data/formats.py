@@ -8,7 +8,9 @@ are checked by the caller.
 
     ssl4mis-h5    SSL4MIS ACDC layout: data/slices/<name>.h5 training slices, data/<name>.h5 volumes
     la-h5         UA-MT LA layout: 2018LA_Seg_Training Set/<ID>/mri_norm2.h5 volumes
+    h5-volumes    one HDF5 file per volume in a folder (SSL4MIS BraTS2019: data/<ID>.h5), named by the card
     image-folder  plain 2D images (PNG/JPG/BMP/TIFF) with masks in a sibling folder, described by the card
+    transunet-synapse  TransUNet Synapse layout: train_npz/<slice>.npz (H, W) slices, test_vol_h5/<case>.npy.h5 volumes
 """
 from __future__ import annotations
 
@@ -266,6 +268,59 @@ class LAH5(Reader):
 
 
 @dataclass(frozen=True)
+class H5VolumesOptions:
+    folder: str = "data"       # under root, holding every volume
+    file: str = "{id}.h5"      # file name (may hold sub-folders) of a volume; {id} is the name in the split list
+    image_key: str = "image"   # HDF5 dataset of the image: (*axes) or (C, *axes)
+    label_key: str = "label"   # HDF5 dataset of the label: (*axes)
+    axes: str = "Z, Y, X"      # names of the stored spatial axes, comma-separated (2 or 3): shapes are checked
+
+
+@READERS.register("h5-volumes", "one HDF5 file per volume in a folder (SSL4MIS BraTS2019: data/<ID>.h5); folder, "
+                                "file pattern, keys and axis names set in the card's reader:")
+class H5Volumes(Reader):
+    """`<root>/<folder>/<file with {id} = name>`: one HDF5 file per volume, training samples and evaluation cases
+    alike (SSL4MIS BraTS2019: `data/<ID>.h5`, image float32 (z, y, x), label uint8). The files record no spacing."""
+
+    Options = H5VolumesOptions
+
+    def __init__(self, root: Path, options: Any = None, in_channels: int = 1, where: str = "dataset card") -> None:
+        super().__init__(root, options, in_channels, where)
+        o = self.options
+        rest = o.file.replace("{id}", "", 1)
+        if o.file.count("{id}") != 1 or "{" in rest or "}" in rest or ".." in Path(o.file).parts \
+                or Path(o.file).is_absolute():
+            raise ConfigError(f"{self.where}: reader.file {o.file!r} must be a relative file name containing {{id}} "
+                              f"exactly once and no other braces, e.g. '{{id}}.h5' or '{{id}}/volume.h5'")
+        if not o.folder or Path(o.folder).is_absolute() or ".." in Path(o.folder).parts:
+            raise ConfigError(f"{self.where}: reader.folder {o.folder!r} must be a folder under the dataset root "
+                              f"(e.g. data), not absolute and without '..'")
+        names = [a.strip() for a in o.axes.split(",")]
+        if len(names) not in (2, 3) or not all(names):
+            raise ConfigError(f"{self.where}: reader.axes {o.axes!r} must name 2 or 3 spatial axes, comma-separated "
+                              f"(e.g. 'Z, Y, X')")
+        if not o.image_key or not o.label_key or o.image_key == o.label_key:
+            raise ConfigError(f"{self.where}: reader.image_key and reader.label_key must be two different HDF5 "
+                              f"dataset names (got {o.image_key!r}, {o.label_key!r})")
+        self.spatial = ", ".join(names)
+
+    def path_of(self, name: str, kind: str) -> Path:
+        _check_kind(kind)
+        return self.root / self.options.folder / self.options.file.replace("{id}", name)
+
+    def _read(self, name: str) -> Case:
+        path = self.path_of(name, "eval")
+        image, label = _read_h5(path, (self.options.image_key, self.options.label_key), "h5-volumes")
+        return self._case(name, path, image, label, self.spatial)
+
+    def read_train(self, name: str) -> Case:
+        return self._read(name)
+
+    def read_eval(self, name: str) -> Case:
+        return self._read(name)
+
+
+@dataclass(frozen=True)
 class ImageFolderOptions:
     """`images`, `masks` and `mask_values` are required (empty defaults only so the dataclass builds bare)."""
 
@@ -470,6 +525,63 @@ class ImageFolder(Reader):
             if raw_value < lut.size:
                 lut[raw_value] = cls
         return lut[raw.astype(np.int64)]
+
+
+@dataclass(frozen=True)
+class TransUNetSynapseOptions:
+    train_dir: str = "train_npz"     # under root: <slice name>.npz, keys image (H, W) float32, label (H, W)
+    test_dir: str = "test_vol_h5"    # under root: <case name>.npy.h5, datasets image (D, H, W) float32, label
+
+
+def _read_npz(path: Path, keys: tuple[str, ...], fmt: str) -> list[np.ndarray]:
+    """Read arrays `keys` of an .npz archive, with one ConfigError per problem (missing, not an npz, a key)."""
+    if not path.is_file():
+        raise ConfigError(f"{path}: file not found; the {fmt} reader expects it there (check the card's root "
+                          f"and split lists, and that the preparation finished: bench data prepare)")
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise ConfigError(f"{path}: cannot be read as a numpy .npz archive ({exc}); prepare it again") from None
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise ConfigError(f"{path}: holds a single array, not an .npz archive with arrays "
+                          f"{', '.join(map(repr, keys))}; save it with np.savez(path, image=..., label=...)")
+    with archive:
+        missing = [k for k in keys if k not in archive.files]
+        if missing:
+            raise ConfigError(f"{path}: missing array(s) {', '.join(map(repr, missing))} (found {archive.files}); "
+                              f"{fmt} slices need arrays {', '.join(map(repr, keys))}")
+        try:
+            return [np.asarray(archive[k]) for k in keys]
+        except (OSError, ValueError, EOFError) as exc:  # a truncated member
+            raise ConfigError(f"{path}: cannot be read ({exc}); the file is damaged, prepare it again") from None
+
+
+@READERS.register("transunet-synapse", "TransUNet Synapse layout: train_npz/<slice>.npz (H, W) training slices, "
+                                       "test_vol_h5/<case>.npy.h5 (D, H, W) volumes; keys image, label")
+class TransUNetSynapse(Reader):
+    """The Synapse layout TransUNet's code reads (Beckschen/TransUNet@ee8acce `datasets/dataset_synapse.py`):
+    training slices `<root>/<train_dir>/<name>.npz` (arrays image (H, W) float32 in [0, 1], label (H, W)) and
+    evaluation volumes `<root>/<test_dir>/<name>.npy.h5` (datasets image (D, H, W), label (D, H, W)). The list
+    files name slices (`case0031_slice000`) and cases (`case0008`) without extension. No spacing is recorded.
+    """
+
+    Options = TransUNetSynapseOptions
+
+    def path_of(self, name: str, kind: str) -> Path:
+        _check_kind(kind)
+        if kind == "train":
+            return self.root / self.options.train_dir / f"{name}.npz"
+        return self.root / self.options.test_dir / f"{name}.npy.h5"
+
+    def read_train(self, name: str) -> Case:
+        path = self.path_of(name, "train")
+        image, label = _read_npz(path, ("image", "label"), "transunet-synapse")
+        return self._case(name, path, image, label, "H, W")
+
+    def read_eval(self, name: str) -> Case:
+        path = self.path_of(name, "eval")
+        image, label = _read_h5(path, ("image", "label"), "transunet-synapse")
+        return self._case(name, path, image, label, "D, H, W")
 
 
 def open_reader(fmt: str, root: Path, options: Any, in_channels: int, where: str) -> Reader:
