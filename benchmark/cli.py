@@ -30,6 +30,7 @@ class Format(str, Enum):
     markdown = "markdown"
     latex = "latex"
     csv = "csv"
+    pdf = "pdf"
 
 
 PRETRAINED_HELP = ("start of every Swin-UNet (CTCT, AdvMIM): imagenet (needs `bench weights fetch swin-tiny` once), "
@@ -321,7 +322,8 @@ def table(
     suite: Optional[str] = typer.Option(None, "--suite", "-s", help="suite name or path (optional with --layout: "
                                         "without it the layout shows the published values only; with --layout, "
                                         "several comma-separated suites may fill its settings)"),
-    format: Format = typer.Option(Format.markdown, "--format", "-f", help="markdown, latex or csv"),
+    format: Format = typer.Option(Format.markdown, "--format", "-f", help="markdown, latex, csv, or pdf (the LaTeX "
+                                  "compiled to a standalone PDF with the TeX engine on PATH; needs --out)"),
     out: Optional[Path] = typer.Option(None, help="write to this file instead of stdout"),
     checkpoint: Optional[str] = typer.Option(None, help="best_val, last or best_test (default: the suite's protocol)"),
     per_class: bool = typer.Option(False, "--per-class", help="add per-class columns"),
@@ -346,6 +348,15 @@ def table(
     from benchmark import catalog
     from benchmark.report.tables import TableContext, label_cells, order_rows, render, runs_to_long
 
+    if format is Format.pdf:
+        from benchmark.report.markup import tex_engine
+
+        if out is None:
+            _fail("--format pdf writes a file: give --out FILE.pdf")
+        try:
+            tex_engine()
+        except ConfigError as exc:
+            _fail(str(exc))
     if layout is not None:
         _layout_table(suite, layout, format.value, show.value, out, checkpoint, stand_in, significance, baseline,
                       cost, tracking_uri, smoke, rules.value)
@@ -363,7 +374,8 @@ def table(
     if long.empty or not any(c in long for c in ("dice",)):
         _fail(f"no run of suite {spec.name!r} has test metrics for checkpoint {ckpt!r}", 1)
     ctx = TableContext(card.name, _protocol_note(spec, protocol, frame if smoke else None), protocol.hd_units, ckpt, card.classes, card.labeled.unit)
-    _emit(render(long, format.value, ctx, per_class=per_class, cost=cost), out)
+    fmt = "latex" if format is Format.pdf else format.value
+    _emit(render(long, fmt, ctx, per_class=per_class, cost=cost), out, format.value)
 
 
 def _protocol_note(spec, protocol, smoke_frame=None) -> str:
@@ -381,7 +393,16 @@ def _protocol_note(spec, protocol, smoke_frame=None) -> str:
     return note
 
 
-def _emit(text: str, out: Optional[Path]) -> None:
+def _emit(text: str, out: Optional[Path], fmt: str = "markdown") -> None:
+    """Print `text` or write it to `out`; `pdf`: `text` is LaTeX, compiled to the PDF `out`."""
+    if fmt == "pdf":
+        from benchmark.report.markup import compile_pdf
+
+        try:
+            console.print(f"wrote {compile_pdf(text, out)}")
+        except ConfigError as exc:
+            _fail(str(exc), code=1)
+        return
     if out:
         out.write_text(text)
         console.print(f"wrote {out}")
@@ -429,7 +450,7 @@ def _layout_table(suite, layout, fmt, show, out, checkpoint, stand_in, significa
         note = "; ".join(f"suite {', '.join(names)}, protocol: {text}" for text, names in notes.items())
     grid = lbm.build_grid(lb, runs, hd_units, stand_in=stand_in, cases=cases, baseline=baseline, cost=cost,
                           ours_note=note, rescore=rescore_runs if rules == "paper" else None)
-    _emit(lbm.render(grid, fmt, show), out)
+    _emit(lbm.render(grid, "latex" if fmt == "pdf" else fmt, show), out, fmt)
 
 
 weights_app = typer.Typer(no_args_is_help=True, help="Pretrained weights: list them, fetch them (needs internet).")
@@ -466,6 +487,41 @@ def weights_fetch(name: str = typer.Argument(..., help="swin-tiny (bench weights
     except FetchError as exc:
         _fail(str(exc), code=1)
     console.print(f"{'downloaded' if downloaded else 'already there'}: {path}", highlight=False)
+
+
+data_app = typer.Typer(no_args_is_help=True, help="Real datasets: prepare them from the official downloads, check them.")
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("prepare")
+def data_prepare(name: str = typer.Argument(..., help="synapse, isic, promise12 or brats2019"),
+                 raw: Path = typer.Option(..., "--from", help="the official download, unpacked (see README: Datasets)"),
+                 to: Optional[Path] = typer.Option(None, "--to", help="output folder (default: the card's root under "
+                                                   "$BENCH_DATA_ROOT)"),
+                 lists: Optional[Path] = typer.Option(None, "--lists", help="a folder of split lists replacing the "
+                                                      "pinned ones (a subset of cases)")) -> None:
+    """Write the preprocessed layout the seed papers' code trained on, from the official raw files; idempotent."""
+    from benchmark.data.prepare import prepare_dataset
+
+    try:
+        result = prepare_dataset(name, raw, to, lists=lists)
+    except (ConfigError, UnknownNameError) as exc:
+        _fail(str(exc))
+    console.print(result.summary(), highlight=False)
+
+
+@data_app.command("check")
+def data_check(name: str = typer.Argument(..., help="a dataset card (bench ls datasets)"),
+               data_root: Optional[Path] = typer.Option(None, help="folder holding real datasets (default: "
+                                                        "$BENCH_DATA_ROOT)")) -> None:
+    """What a prepared dataset holds: cases per split, shapes, spacing, label values, labeled counts."""
+    from benchmark.data.check import check_dataset
+
+    try:
+        report = check_dataset(name, data_root)
+    except (ConfigError, UnknownNameError) as exc:
+        _fail(str(exc))
+    console.print(report, highlight=False)
 
 
 class PlotKind(str, Enum):
@@ -550,10 +606,10 @@ def eval_(
     suite: Optional[str] = typer.Option(None, "--suite", "-s", help="with --checkpoint: the suite whose dataset "
                                         "scores it (default: the dataset in config.yaml)"),
     weights: str = typer.Option("best_val", help="with --run: best_val, last or best_test"),
-    empty_prediction: Optional[str] = typer.Option(None, help="worst, zero_all, dice0_hd0 or error"),
+    empty_prediction: Optional[str] = typer.Option(None, help="worst, zero_all, dice0_hd0, transunet or error"),
     hd_units: Optional[str] = typer.Option(None, help="voxel or mm"),
     postprocess: Optional[str] = typer.Option(None, help="none or largest_component"),
-    resize: Optional[str] = typer.Option(None, help="nearest or bilinear_logits"),
+    resize: Optional[str] = typer.Option(None, help="nearest, bilinear_logits or cubic"),
     workers: int = typer.Option(0, help="processes scoring cases in parallel"),
     data_root: Optional[Path] = typer.Option(None, help="folder holding real datasets (default: $BENCH_DATA_ROOT)"),
     tracking_uri: Optional[str] = typer.Option(None, help="MLflow URI (default as for run)"),

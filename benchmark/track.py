@@ -72,6 +72,10 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
+#: the experiment tag MLflow 3's UI reads to choose its view, and the value that opens on the runs table
+EXPERIMENT_KIND, TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
+
+
 class Tracker:
     """An MLflow experiment (one per suite) reached through MlflowClient."""
 
@@ -83,13 +87,19 @@ class Tracker:
         logging.getLogger("alembic").setLevel(logging.WARNING)
         self.uri = default_tracking_uri(tracking_uri)
         self.client = MlflowClient(self.uri)
-        exp = self.client.get_experiment_by_name(experiment)
-        if exp is None:
-            exp_id = self.client.create_experiment(experiment, artifact_location=_artifact_location(self.uri))
-        else:
-            exp_id = exp.experiment_id
-        self.experiment, self.experiment_id = experiment, exp_id
+        self.experiment, self.experiment_id = experiment, self._experiment_id(experiment)
         self.stale = self.fail_stale()
+
+    def _experiment_id(self, name: str) -> str:
+        """The experiment `name`, created when missing, tagged as a model-training experiment: MLflow 3's UI
+        otherwise opens an untagged experiment on its GenAI traces overview, where no run is shown."""
+        exp = self.client.get_experiment_by_name(name)
+        if exp is None:
+            return self.client.create_experiment(name, artifact_location=_artifact_location(self.uri),
+                                                 tags={EXPERIMENT_KIND: TRAINING_KIND})
+        if exp.tags.get(EXPERIMENT_KIND) != TRAINING_KIND:
+            self.client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND, TRAINING_KIND)
+        return exp.experiment_id
 
     def runs(self, config_hash: str | None = None, status: str | None = None) -> list:
         filters = []
@@ -193,9 +203,7 @@ class Tracker:
     def log_figures(self, paths: list[Path], kind: str) -> str:
         """Log figure files to a run in the companion experiment '<suite>/figures' (kept out of the suite's
         experiment so that tables never see it); returns the run id."""
-        exp = self.client.get_experiment_by_name(f"{self.experiment}/figures")
-        exp_id = exp.experiment_id if exp else self.client.create_experiment(
-            f"{self.experiment}/figures", artifact_location=_artifact_location(self.uri))
+        exp_id = self._experiment_id(f"{self.experiment}/figures")
         run = self.client.create_run(exp_id, run_name=kind, tags={"kind": kind, "suite": self.experiment})
         for path in paths:
             self.client.log_artifact(run.info.run_id, str(path))
@@ -311,11 +319,26 @@ def harness_tags() -> dict[str, str]:
 
 
 def launch_ui(tracking_uri: str | None, port: int) -> int:
-    """`mlflow ui` on 127.0.0.1 for this tracking store (blocks until interrupted)."""
+    """`mlflow ui` on 127.0.0.1 for this tracking store (blocks until interrupted); first prints each suite's
+    runs page (`#/experiments/<id>/runs`: MLflow 3 opens an experiment on its GenAI traces overview otherwise)."""
+    import sys
+
     uri = default_tracking_uri(tracking_uri)
-    cmd = ["mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)]
+    for url in ui_run_pages(uri, port):
+        print(url)
+
+    # this interpreter's mlflow (a venv's `mlflow` script need not be on PATH)
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)]
     print(f"MLflow UI for {uri} at http://127.0.0.1:{port}  (Ctrl-C to stop)")
     return subprocess.call(cmd)
+
+
+def ui_run_pages(tracking_uri: str, port: int) -> list[str]:
+    """'<suite>: http://127.0.0.1:<port>/#/experiments/<id>/runs' for every experiment of the store but Default."""
+    from mlflow.tracking import MlflowClient
+
+    exps = MlflowClient(tracking_uri).search_experiments()
+    return [f"{e.name}: http://127.0.0.1:{port}/#/experiments/{e.experiment_id}/runs" for e in exps if e.name != "Default"]
 
 
 def server_command(port: int, backend_store_uri: str | None = None, artifacts_destination: str | Path = "mlartifacts",

@@ -29,6 +29,9 @@ import pandas as pd
 
 from benchmark import REPO_ROOT
 from benchmark.config import ConfigError, read_yaml
+from benchmark.report.markup import mark_rank, tex_escape
+from benchmark.report.markup import row as markup_row
+from benchmark.report.markup import table as latex_table
 from benchmark.report.stats import cost_fields
 
 LEADERBOARD_DIR = REPO_ROOT / "leaderboards"
@@ -39,7 +42,7 @@ OUR_METRICS = ("dice", "jaccard", "hd95", "asd")   # the keys our runs log (benc
 FRACTION_METRICS = {"dice", "jaccard"}              # ours are fractions in [0, 1]
 # machine-readable rules of a published setting (`rules:` of the table, overridden per setting): what the paper
 # or its released code fixes, `unknown` where neither does; `error` = the reference crashes on an empty class
-EMPTY_RULES = ("worst", "zero_all", "dice0_hd0", "error", "unknown")
+EMPTY_RULES = ("worst", "zero_all", "dice0_hd0", "error", "transunet", "unknown")
 CHECKPOINT_RULES = ("best_val", "last", "best_test", "unknown")
 
 
@@ -280,11 +283,13 @@ def units_differ(metric: Metric, our_hd_units: str) -> bool:
 
 
 # ------------------------------------------------------------------------------------------ the grid
-_EMPTY_CODE = {"worst": "W", "zero_all": "Z", "dice0_hd0": "Z", "error": "E"}
+_EMPTY_CODE = {"worst": "W", "zero_all": "Z", "dice0_hd0": "Z", "error": "E", "transunet": "U"}
 _CHECKPOINT_CODE = {"best_val": "V", "last": "L", "best_test": "T"}
 RULES_LEGEND = ("Rules of our numbers, after each cell's delta as EMPTY/CHECKPOINT: W = a class missing from the "
                 "prediction scored worst (Dice 0, HD95/ASD = the image diagonal), Z = scored 0 on all metrics as the "
-                "SS-Net/BCP/CML test scripts do (SSL4MIS's Dice 0 / HD95 0 gives the same numbers), * = re-scored "
+                "SS-Net/BCP/CML test scripts do (SSL4MIS's Dice 0 / HD95 0 gives the same numbers), U = TransUNet's "
+                "Synapse rule (a missed class 0 / 0, a class predicted but absent from the ground truth Dice 1 / "
+                "HD95 0), * = re-scored "
                 "to the paper's rule from our per-case rows (--rules paper); V / L / T = the best checkpoint on "
                 "validation / the last / the best on the test list; ! = the paper's rule is known and differs "
                 "(a checkpoint is flagged, never re-selected).")
@@ -593,11 +598,7 @@ def _markdown_cell(c: Cell, show: str) -> str:
         text = f"*{ref}*" if ref and ref != "-" else ref
     else:
         text = f"{ours} [{ref}]" if ref else ours
-    if c.rank == 1:
-        return f"**{text}**"
-    if c.rank == 2:
-        return f"<u>{text}</u>"
-    return text
+    return mark_rank(text, c.rank, "markdown")
 
 
 def to_markdown(grid: Grid, show: str = "both") -> str:
@@ -625,72 +626,46 @@ def to_markdown(grid: Grid, show: str = "both") -> str:
     return "\n".join(out) + "\n"
 
 
-_TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
-        "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
-_TEX_SYMBOLS = {"±": r"$\pm$", "Δ": r"$\Delta$", "‡": r"$^\ddagger$", "†": r"$^\dagger$", "*": r"$^*$", "—": "--",
-                "λ": r"$\lambda$", "⁻": r"$^-$", "↑": r"$\uparrow$", "↓": r"$\downarrow$", "≥": r"$\geq$",
-                "×": r"$\times$", "→": r"$\rightarrow$"}
-
-
-def tex_escape(text: str) -> str:
-    """Plain text -> LaTeX-safe text (special characters escaped, the few symbols we print as math)."""
-    out = "".join(_TEX.get(ch, ch) for ch in text)
-    for sym, tex in _TEX_SYMBOLS.items():
-        out = out.replace(sym, tex)
-    return out
-
-
 def _latex_cell(c: Cell, show: str) -> str:
     ours, ref = cell_parts(c, show)
     if not ours:
         text = r"\textit{" + tex_escape(ref) + "}" if ref and ref != "-" else tex_escape(ref)
     else:
         text = tex_escape(ours) + (r" {\scriptsize[" + tex_escape(ref) + "]}" if ref else "")
-    if c.rank == 1:
-        return r"\textbf{" + text + "}"
-    if c.rank == 2:
-        return r"\underline{" + text + "}"
-    return text
+    return mark_rank(text, c.rank, "latex")
 
 
 def to_latex(grid: Grid, show: str = "both") -> str:
-    """A booktabs table (needs \\usepackage{booktabs}); column groups as \\multicolumn with \\cmidrule."""
+    """A booktabs table (`markup.PACKAGES`: booktabs, graphicx); column groups as \\multicolumn with \\cmidrule."""
     check_show(show)
     lead = 2 if grid.lb.orientation == "rows" else 1
     ncol = lead + len(grid.columns) + len(grid.extra_columns)
-    lines = [r"\begin{table}[t]", r"\centering", r"\caption{" + tex_escape(grid.caption) + "}",
-             r"\label{tab:" + grid.lb.id + "}", r"\resizebox{\textwidth}{!}{%",
-             r"\begin{tabular}{" + "l" * lead + "c" * (ncol - lead) + "}", r"\toprule"]
     if grid.lb.orientation == "sweep":
         stub = ["Metric"]
         cols = [tex_escape(f"{grid.stub} = {c}") for c in grid.columns]
     else:
         stub = ["Setting", grid.stub] if grid.lb.orientation == "rows" else [grid.stub]
         cols = [tex_escape(c) for c in grid.columns]
+    head = []
     if len(grid.groups) > 1 or grid.lb.orientation == "sweep":
         heads, rules, at = [], [], lead + 1
         for title, span in grid.groups:
             heads.append(r"\multicolumn{" + str(span) + "}{c}{" + tex_escape(title) + "}")
             rules.append(r"\cmidrule(lr){" + f"{at}-{at + span - 1}" + "}")
             at += span
-        lines.append(" & ".join([""] * lead + heads + [""] * len(grid.extra_columns)) + r" \\")
-        lines.append(" ".join(rules))
-    lines.append(" & ".join([tex_escape(s) for s in stub] + cols + [tex_escape(c) for c in grid.extra_columns]) + r" \\")
-    lines.append(r"\midrule")
-    last_section = None
+        head += [markup_row([""] * lead + heads + [""] * len(grid.extra_columns)), " ".join(rules)]
+    head.append(markup_row([tex_escape(s) for s in stub] + cols + [tex_escape(c) for c in grid.extra_columns]))
+    body, last_section = [], None
     for gr in grid.rows:
         first = [tex_escape(gr.label)]
         if grid.lb.orientation == "rows":
             if last_section is not None and gr.section != last_section:
-                lines.append(r"\midrule")
+                body.append(r"\midrule")
             first = [tex_escape(gr.section) if gr.section != last_section else "", tex_escape(gr.label)]
             last_section = gr.section
-        lines.append(" & ".join([*first, *(_latex_cell(c, show) for c in gr.cells),
-                                 *(tex_escape(x) for x in gr.extra)]) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}}", r"\par\smallskip\footnotesize"]
-    lines += [tex_escape(n) + r"\par" for n in grid.footnotes]
-    lines.append(r"\end{table}")
-    return "\n".join(lines) + "\n"
+        body.append(markup_row([*first, *(_latex_cell(c, show) for c in gr.cells), *(tex_escape(x) for x in gr.extra)]))
+    return latex_table(grid.caption, f"tab:{grid.lb.id}", "l" * lead + "c" * (ncol - lead), head, body,
+                       grid.footnotes, fit_width=True)
 
 
 def to_csv(grid: Grid) -> str:

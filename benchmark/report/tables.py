@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import pandas as pd
 
 from benchmark.metrics import HIGHER_IS_BETTER, METRICS
+from benchmark.report.markup import mark_rank, row, tex_escape
+from benchmark.report.markup import table as latex_table
 from benchmark.report.stats import cost_fields, cost_table
 
 PERCENT = {"dice", "jaccard"}  # shown x100 as in the papers
@@ -149,26 +151,22 @@ def ranks(means: pd.Series, metric: str) -> pd.Series:
     return means.rank(ascending=not HIGHER_IS_BETTER[metric.split("/")[0]], method="min")
 
 
-def _cell(mean: float, std: float, scale: float) -> tuple[str, str]:
+def _cell(mean: float, std: float, scale: float) -> str:
     if math.isnan(mean):
-        return "–", "–"
+        return "–"
     m = f"{mean * scale:.2f}"
-    if math.isnan(std):
-        return m, m
-    return f"{m} ± {std * scale:.2f}", f"{m} $\\pm$ {std * scale:.2f}"
+    return m if math.isnan(std) else f"{m} ± {std * scale:.2f}"
 
 
 def _blocks(agg: pd.DataFrame, columns: list[str]):
-    """Per labeled setting: (patients, rows, list of (method, n, {metric: (plain, latex, rank)}))."""
+    """Per labeled setting: (patients, rows, list of (method, n, {metric: (text, rank)}))."""
     for (patients, rows), block in agg.groupby(level=[0, 1], sort=False):
         block = block.droplevel([0, 1])
         rk = {m: ranks(block[(m, "mean")], m) for m in columns}
         lines = []
         for method in block.index:
-            cells = {}
-            for m in columns:
-                plain, tex = _cell(block.loc[method, (m, "mean")], block.loc[method, (m, "std")], _scale(m))
-                cells[m] = (plain, tex, rk[m][method])
+            cells = {m: (_cell(block.loc[method, (m, "mean")], block.loc[method, (m, "std")], _scale(m)), rk[m][method])
+                     for m in columns}
             lines.append((method, int(block.loc[method, ("n", "")]), cells))
         yield int(patients), int(rows), lines
 
@@ -205,36 +203,23 @@ def to_markdown(agg: pd.DataFrame, columns: list[str], ctx: TableContext, costs:
         out.append("| Method | " + " | ".join([*(_header(m, ctx.hd_units) for m in columns), "n", *extra]) + " |")
         out.append("|---|" + "---:|" * (len(columns) + 1 + len(extra)))
         for method, n, cells in lines:
-            shown = []
-            for m in columns:
-                plain, _, r = cells[m]
-                shown.append(f"**{plain}**" if r == 1 else f"<u>{plain}</u>" if r == 2 else plain)
+            shown = [mark_rank(*cells[m], "markdown") for m in columns]
             out.append(f"| {method} | " + " | ".join([*shown, str(n), *_cost_row(costs, patients, method)]) + " |")
         out.append("")
     return "\n".join(out)
 
 
 def to_latex(agg: pd.DataFrame, columns: list[str], ctx: TableContext, costs: Costs | None = None) -> str:
-    """booktabs tables through pandas Styler; best \\textbf, second \\underline."""
+    """One booktabs table per labeled setting (`markup.PACKAGES`); best \\textbf, second \\underline."""
     out = []
     extra = costs[0] if costs else []
     for patients, rows, lines in _blocks(agg, columns):
-        headers = [_header(m, ctx.hd_units).replace("%", r"\%").replace("↑", r"$\uparrow$").replace("↓", r"$\downarrow$")
-                   for m in columns]
-        data = pd.DataFrame([[method, *(cells[m][1] for m in columns), n, *_cost_row(costs, patients, method)]
-                             for method, n, cells in lines], columns=["Method", *headers, "n", *extra])
-        rank_frame = pd.DataFrame([[0, *(cells[m][2] for m in columns), 0, *[0] * len(extra)] for _, _, cells in lines],
-                                  columns=data.columns)
-
-        def style(col: pd.Series) -> list[str]:
-            return ["textbf:--rwrap;" if r == 1 else "underline:--rwrap;" if r == 2 else ""
-                    for r in rank_frame[col.name]]
-
-        styler = data.style.hide(axis="index").apply(style, axis=0, subset=headers)
-        styler = styler.format(escape="latex", subset=["Method"])
-        cap = caption(ctx, patients, rows, {n for _, n, _ in lines}).replace("±", r"$\pm$").replace("_", r"\_")
-        out.append(styler.to_latex(hrules=True, column_format="l" + "c" * (len(columns) + 1 + len(extra)), caption=cap,
-                                   label=f"tab:{ctx.dataset}-{patients}p", position_float="centering"))
+        head = [row([tex_escape(h) for h in ("Method", *(_header(m, ctx.hd_units) for m in columns), "n", *extra)])]
+        body = [row([tex_escape(method), *(mark_rank(tex_escape(cells[m][0]), cells[m][1], "latex") for m in columns),
+                     str(n), *(tex_escape(c) for c in _cost_row(costs, patients, method))])
+                for method, n, cells in lines]
+        out.append(latex_table(caption(ctx, patients, rows, {n for _, n, _ in lines}), f"tab:{ctx.dataset}-{patients}p",
+                               "l" + "c" * (len(columns) + 1 + len(extra)), head, body))
     return "\n".join(out)
 
 
